@@ -1,0 +1,156 @@
+"""Context batching, sharded TFRecords and the tokenizer, each against a direct reference."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import data_utils
+
+
+def naive_context_batch(stream, batch_size, seq_len):
+    """Transformer-XL layout written from its definition, one window at a time."""
+    row_len = len(stream) // batch_size
+    rows = [stream[i * row_len : (i + 1) * row_len] for i in range(batch_size)]
+    windows = []
+    k = 0
+    while (k + 1) * seq_len + 1 <= row_len:
+        windows.append([row[k * seq_len : k * seq_len + seq_len + 1] for row in rows])
+        k += 1
+    return np.array(windows)
+
+
+@pytest.mark.parametrize("num_tokens,batch_size,seq_len", [(1000, 4, 7), (999, 3, 5), (66, 2, 32), (5000, 32, 32)])
+def test_context_batch_matches_definition(num_tokens, batch_size, seq_len):
+    stream = np.random.default_rng(num_tokens).integers(0, 50, num_tokens)
+    windows = data_utils.context_batch(stream, batch_size, seq_len)
+    np.testing.assert_array_equal(windows, naive_context_batch(stream, batch_size, seq_len))
+    assert windows.shape == (((num_tokens // batch_size) - 1) // seq_len, batch_size, seq_len + 1)
+
+
+def test_each_row_continues_its_stream():
+    stream = np.arange(10_000)  # Distinct tokens make every position identifiable.
+    batch_size, seq_len = 8, 16
+    windows = data_utils.context_batch(stream, batch_size, seq_len)
+    inputs, targets = windows[:, :, :-1], windows[:, :, 1:]
+    row_len = len(stream) // batch_size
+    for i in range(batch_size):
+        row_inputs = inputs[:, i].reshape(-1)
+        np.testing.assert_array_equal(row_inputs, stream[i * row_len : i * row_len + len(row_inputs)])
+        # Targets are the inputs shifted by one, across segment boundaries too.
+        np.testing.assert_array_equal(targets[:, i].reshape(-1), stream[i * row_len + 1 : i * row_len + 1 + len(row_inputs)])
+    # Every target is predicted once: no token appears twice among the targets.
+    assert len(np.unique(targets)) == targets.size
+
+
+@pytest.mark.parametrize("num_tokens,batch_size,seq_len", [(1000, 4, 7), (33, 4, 32), (5, 4, 2), (4096, 32, 32)])
+def test_padded_batching_scores_every_token_but_each_rows_first(num_tokens, batch_size, seq_len):
+    pad = -1
+    stream = np.arange(num_tokens)
+    windows = data_utils.context_batch(stream, batch_size, seq_len, pad_id=pad)
+    targets = windows[:, :, 1:]
+    scored = np.sort(targets[targets != pad])
+    first_of_rows = windows[0, :, 0][windows[0, :, 0] != pad]
+    np.testing.assert_array_equal(np.sort(np.concatenate([scored, first_of_rows])), stream)
+    assert len(first_of_rows) <= batch_size
+
+
+def test_too_short_stream_is_an_error_naming_the_numbers():
+    with pytest.raises(data_utils.DataError, match=r"batch_size 4 x \(seq_len 8 \+ 1\) = 36"):
+        data_utils.context_batch(np.arange(35), 4, 8)
+    assert len(data_utils.context_batch(np.arange(36), 4, 8)) == 1
+
+
+@pytest.mark.parametrize("num_shards", [2, 3, 7])
+def test_sharded_round_trip_equals_unsharded(tmp_path, num_shards):
+    windows = data_utils.context_batch(np.random.default_rng(0).integers(0, 100, 4000), 4, 9)
+
+    def round_trip(shards, folder):
+        folder.mkdir()
+        files = data_utils.write_tfrecords(windows, folder, "train", shards)
+        assert len(files) == shards
+        return np.stack(list(data_utils.read_windows([folder / f for f in files], 4, 9).as_numpy_iterator()))
+
+    sharded = round_trip(num_shards, tmp_path / "sharded")
+    np.testing.assert_array_equal(sharded, round_trip(1, tmp_path / "single"))
+    np.testing.assert_array_equal(sharded, windows)
+
+
+def test_shard_ranges_cover_every_batch_once_in_order():
+    for num_batches in (1, 5, 17, 100):
+        for num_shards in range(1, num_batches + 1):
+            ranges = data_utils.shard_ranges(num_batches, num_shards)
+            covered = np.concatenate([np.arange(a, b) for a, b in ranges])
+            np.testing.assert_array_equal(covered, np.arange(num_batches))
+
+
+def test_frequency_ranking_puts_reserved_first_then_descending_counts():
+    counts = np.array([0, 0, 5, 9, 9, 1, 30])
+    rank = data_utils.frequency_ranking(counts)
+    assert sorted(rank) == list(range(len(counts)))
+    assert rank[data_utils.PAD_ID] == 0 and rank[data_utils.EOL_ID] == 1
+    ranked_counts = np.empty_like(counts)
+    ranked_counts[rank] = counts
+    assert list(ranked_counts[2:]) == sorted(counts[2:], reverse=True)
+    assert rank[3] < rank[4]  # Ties keep SentencePiece's order.
+
+
+def test_read_lines_replaces_and_counts_invalid_utf8(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"ok line\nbad \xff\xfe byte\n\xc3\n")
+    lines, replaced = data_utils.read_lines(path)
+    assert lines == ["ok line", "bad \ufffd\ufffd byte", "\ufffd"]
+    assert replaced == 3
+
+
+def test_count_words_counts_one_end_of_line_per_line():
+    assert data_utils.count_words([" = Title = ", " ", " a b c . "]) == 3 + 0 + 4 + 3
+
+
+SENTENCES = [
+    "the quick brown fox jumps over the lazy dog",
+    "a <unk> walked into the bar and ordered 3 @,@ 000 drinks",
+    "pack my box with five dozen liquor jugs",
+    "how vexingly quick daft zebras jump",
+    "sphinx of black quartz , judge my vow !",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_and_rank(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    lines = [SENTENCES[i] for i in rng.integers(0, len(SENTENCES), 400)] + [""] * 20
+    model = tmp_path_factory.mktemp("spm") / "spm.model"
+    data_utils.train_sentencepiece(lines, model, vocab_size=60, lowercase=True)
+    proto = model.read_bytes()
+    pieces = data_utils.encode_lines(data_utils.Tokenizer(proto, np.arange(60)).encode, lines)
+    counts = np.bincount(pieces, minlength=60)
+    rank = data_utils.frequency_ranking(counts)
+    return data_utils.Tokenizer(proto, rank), lines, counts
+
+
+def test_decode_inverts_encode(tokenizer_and_rank):
+    tokenizer, _, _ = tokenizer_and_rank
+    text = SENTENCES + ["", "Mixed Case becomes lower"]
+    ids = tokenizer.encode(tf.constant(text)).flat_values
+    assert tokenizer.decode(ids).numpy().decode() == "\n".join(line.lower() for line in text)
+
+
+def test_wikitext_unk_is_one_piece_and_lines_end_with_end_of_line(tokenizer_and_rank):
+    tokenizer, _, _ = tokenizer_and_rank
+    encoded = tokenizer.encode(tf.constant(["<unk>", ""])).to_list()
+    assert encoded[1] == [data_utils.EOL_ID]
+    assert encoded[0][-1] == data_utils.EOL_ID
+    pieces = [p for p in encoded[0][:-1] if tokenizer.decode([p]).numpy().decode() != ""]
+    assert len(pieces) == 1 and tokenizer.decode(pieces).numpy().decode() == "<unk>"
+
+
+def test_ranked_ids_have_non_increasing_training_frequency(tokenizer_and_rank):
+    tokenizer, lines, _ = tokenizer_and_rank
+    ids = data_utils.encode_lines(tokenizer.encode, lines)
+    counts = np.bincount(ids, minlength=tokenizer.vocab_size)
+    assert counts[data_utils.PAD_ID] == 0
+    assert np.all(np.diff(counts[2:]) <= 0)
+
+
+def test_vocab_size_the_corpus_cannot_support_names_the_flag(tmp_path):
+    with pytest.raises(data_utils.DataError, match="--vocab_size 5000"):
+        data_utils.train_sentencepiece(SENTENCES, tmp_path / "spm.model", vocab_size=5000)
