@@ -1,0 +1,123 @@
+"""Adaptive softmax (Grave et al. 2017, "Efficient softmax approximation for GPUs").
+
+Ids are ranked by frequency, so a few frequent ids (the shortlist) cover most tokens. The head
+scores the shortlist plus one logit per tail cluster; tail cluster i scores its own ids from a
+projection of the hidden state that is proj_factor**i times narrower. Then
+
+    log p(id) = head_log_softmax[id]                                   for id in the shortlist
+    log p(id) = head_log_softmax[cluster i] + tail_i_log_softmax[id]   for id in tail cluster i
+
+Training never builds a vocabulary-sized softmax: every token takes the head's log-probability,
+and from each tail only its label's entry is gathered. XLA needs static shapes, so every row
+runs every tail's (narrow) matmul instead of a boolean-mask gather of the rows in that cluster;
+at the base configuration (d_model 128, cutoffs 250/2500, vocab 12000) that is about 180k
+multiply-adds per token against 1.5M for a full softmax, and it keeps the step compilable.
+"""
+import keras
+import tensorflow as tf
+
+
+def tail_projection_dims(d_model, num_tails, proj_factor=4, proj_dims=None):
+    """Each tail's projection width: explicit `proj_dims`, or d_model // proj_factor**i for tail i = 1, 2, ..."""
+    if proj_dims is not None:
+        if len(proj_dims) != num_tails or any(d < 1 for d in proj_dims):
+            raise ValueError(f"proj_dims={list(proj_dims)} must give one positive width per tail cluster ({num_tails}).")
+        return list(proj_dims)
+    return [max(1, d_model // proj_factor**i) for i in range(1, num_tails + 1)]
+
+
+def check_cutoffs(cutoffs, vocab_size):
+    """Cutoffs come without the vocab size: strictly increasing ids in (0, vocab_size)."""
+    cutoffs = list(cutoffs)
+    for previous, cutoff in zip([0] + cutoffs, cutoffs):
+        if not previous < cutoff < vocab_size:
+            raise ValueError(f"cutoffs={cutoffs}: {cutoff} is not strictly between {previous} and "
+                             f"vocab_size={vocab_size}; give strictly increasing ids, without the vocab size.")
+    return cutoffs
+
+
+class AdaptiveSoftmax(keras.layers.Layer):
+    """Output layer: per-token NLL for training, full log-probabilities for evaluation and sampling.
+
+    Args:
+      vocab_size: number of ids, padding included.
+      cutoffs: ids where the shortlist and each tail cluster end, without vocab_size; () is a
+        plain softmax.
+      proj_factor / proj_dims: tail projection widths (see tail_projection_dims).
+      pad_id: labels equal to it score 0 and pass no gradient.
+
+    Logits are cast to float32 before any softmax, whatever the compute dtype.
+    """
+
+    def __init__(self, vocab_size, cutoffs=(), proj_factor=4, proj_dims=None, pad_id=0, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.cutoffs = check_cutoffs(cutoffs, vocab_size)
+        self.proj_factor = proj_factor
+        self.proj_dims = None if proj_dims is None else list(proj_dims)
+        self.pad_id = pad_id
+        bounds = self.cutoffs + [vocab_size]
+        self.shortlist_size = bounds[0]
+        self.clusters = list(zip(bounds[:-1], bounds[1:]))  # [start, stop) of each tail cluster.
+
+    def build(self, input_shape):
+        d_model = input_shape[-1]
+        head_size = self.shortlist_size + len(self.clusters)
+        init = keras.initializers.RandomNormal(stddev=0.02)
+        self.head_kernel = self.add_weight((d_model, head_size), init, name="head_kernel")
+        self.head_bias = self.add_weight((head_size,), "zeros", name="head_bias")
+        self.tail_projections, self.tail_kernels, self.tail_biases = [], [], []
+        dims = tail_projection_dims(d_model, len(self.clusters), self.proj_factor, self.proj_dims)
+        for i, ((start, stop), dim) in enumerate(zip(self.clusters, dims)):
+            self.tail_projections.append(self.add_weight((d_model, dim), init, name=f"tail_{i}_projection"))
+            self.tail_kernels.append(self.add_weight((dim, stop - start), init, name=f"tail_{i}_kernel"))
+            self.tail_biases.append(self.add_weight((stop - start,), "zeros", name=f"tail_{i}_bias"))
+
+    def _affine(self, inputs, kernel, bias=None):
+        """inputs @ kernel (+ bias) in the compute dtype; log_probs is no `call`, so Keras does not autocast."""
+        outputs = tf.matmul(tf.cast(inputs, self.compute_dtype), tf.cast(kernel, self.compute_dtype))
+        return outputs if bias is None else outputs + tf.cast(bias, self.compute_dtype)
+
+    def _head_log_probs(self, hidden):
+        """[..., D] -> [..., shortlist + num_tails] float32."""
+        return tf.nn.log_softmax(tf.cast(self._affine(hidden, self.head_kernel, self.head_bias), tf.float32))
+
+    def _tail_log_probs(self, hidden, i):
+        """[..., D] -> [..., size of tail cluster i] float32, log p(id | cluster i)."""
+        projected = self._affine(hidden, self.tail_projections[i])
+        logits = self._affine(projected, self.tail_kernels[i], self.tail_biases[i])
+        return tf.nn.log_softmax(tf.cast(logits, tf.float32))
+
+    def call(self, hidden, labels):
+        """hidden [B, T, D], labels [B, T] int -> nll [B, T] float32, 0 where labels == pad_id."""
+        labels = tf.cast(labels, tf.int32)
+        head = self._head_log_probs(hidden)  # [B, T, S + C]
+        label_log_prob = tf.gather(head, tf.minimum(labels, self.shortlist_size - 1), batch_dims=2)  # [B, T]
+        for i, (start, stop) in enumerate(self.clusters):
+            local = tf.clip_by_value(labels - start, 0, stop - start - 1)
+            in_cluster = head[..., self.shortlist_size + i] + tf.gather(self._tail_log_probs(hidden, i), local,
+                                                                         batch_dims=2)
+            label_log_prob = tf.where((labels >= start) & (labels < stop), in_cluster, label_log_prob)
+        # Every branch is finite, so where() passes neither NaN nor gradient from the unused ones.
+        return tf.where(tf.equal(labels, self.pad_id), 0.0, -label_log_prob)
+
+    def log_probs(self, hidden):
+        """hidden [..., D] -> [..., vocab_size] float32 log-probabilities over the whole vocabulary."""
+        head = self._head_log_probs(hidden)
+        parts = [head[..., : self.shortlist_size]]
+        for i in range(len(self.clusters)):
+            parts.append(head[..., self.shortlist_size + i, None] + self._tail_log_probs(hidden, i))
+        return tf.concat(parts, axis=-1)
+
+    @staticmethod
+    def multiply_adds(d_model, vocab_size, cutoffs=(), proj_factor=4, proj_dims=None):
+        """Multiply-adds per token with every cluster computed (the layer's cost, training or not)."""
+        bounds = list(cutoffs) + [vocab_size]
+        dims = tail_projection_dims(d_model, len(cutoffs), proj_factor, proj_dims)
+        head = d_model * (bounds[0] + len(cutoffs))
+        tails = sum(d_model * dim + dim * (stop - start) for dim, start, stop in zip(dims, bounds[:-1], bounds[1:]))
+        return head + tails
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size, "cutoffs": self.cutoffs,
+                "proj_factor": self.proj_factor, "proj_dims": self.proj_dims, "pad_id": self.pad_id}

@@ -1,0 +1,117 @@
+"""Adaptive softmax: normalisation, NLL against the full distribution, the plain-softmax case, padding."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from adaptive_softmax import AdaptiveSoftmax, tail_projection_dims
+
+VOCAB, D_MODEL = 50, 16
+
+
+def built_layer(cutoffs, **kwargs):
+    layer = AdaptiveSoftmax(VOCAB, cutoffs, **kwargs)
+    layer.build((None, None, D_MODEL))
+    rng = np.random.default_rng(0)  # Non-zero biases and larger weights make the test sharper.
+    for weight in layer.weights:
+        weight.assign(rng.normal(0, 0.5, weight.shape).astype(np.float32))
+    return layer
+
+
+def random_inputs(batch=3, length=7, seed=1):
+    rng = np.random.default_rng(seed)
+    hidden = tf.constant(rng.normal(size=(batch, length, D_MODEL)), tf.float32)
+    labels = tf.constant(rng.integers(1, VOCAB, (batch, length)), tf.int32)
+    return hidden, labels
+
+
+@pytest.mark.parametrize("cutoffs", [(), (10,), (10, 30)])
+def test_full_log_probabilities_are_normalised(cutoffs):
+    hidden, _ = random_inputs()
+    log_probs = built_layer(cutoffs).log_probs(hidden).numpy()
+    assert log_probs.shape == (3, 7, VOCAB)
+    np.testing.assert_allclose(np.log(np.exp(log_probs.astype(np.float64)).sum(-1)), 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("cutoffs", [(10,), (10, 30), (1, 2, 49)])
+def test_nll_equals_minus_log_prob_of_label_in_every_cluster(cutoffs):
+    layer = built_layer(cutoffs)
+    hidden, _ = random_inputs(batch=4, length=VOCAB // 4)
+    labels = tf.reshape(tf.range(1, 1 + 4 * (VOCAB // 4)), [4, VOCAB // 4])  # Every cluster is hit.
+    expected = -np.take_along_axis(layer.log_probs(hidden).numpy(), labels.numpy()[..., None], -1)[..., 0]
+    np.testing.assert_allclose(layer(hidden, labels).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_no_cutoffs_is_a_plain_softmax_computed_independently():
+    layer = built_layer(())
+    hidden, labels = random_inputs()
+    logits = hidden.numpy() @ layer.head_kernel.numpy() + layer.head_bias.numpy()
+    logits = logits.astype(np.float64)
+    log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    expected = log_z - np.take_along_axis(logits, labels.numpy()[..., None], -1)[..., 0]
+    np.testing.assert_allclose(layer(hidden, labels).numpy(), expected, rtol=1e-5)
+    assert len(layer.weights) == 2  # One dense layer, no tails.
+
+
+def test_padding_scores_nothing_and_passes_no_gradient():
+    layer = built_layer((10, 30), pad_id=0)
+    hidden, labels = random_inputs()
+    labels = tf.concat([tf.zeros([3, 2], tf.int32), labels[:, 2:]], axis=1)
+    hidden = tf.Variable(hidden)
+    with tf.GradientTape() as tape:
+        nll = layer(hidden, labels)
+        total = tf.reduce_sum(nll)
+    gradient = tape.gradient(total, hidden).numpy()
+    assert np.all(nll.numpy()[:, :2] == 0) and np.all(nll.numpy()[:, 2:] > 0)
+    assert np.all(gradient[:, :2] == 0) and np.all(np.isfinite(gradient)) and np.any(gradient[:, 2:] != 0)
+
+
+@pytest.mark.parametrize("cutoffs", [(30, 10), (10, 10), (10, 50), (0, 10), (60,)])
+def test_invalid_cutoffs_are_rejected_with_the_value(cutoffs):
+    with pytest.raises(ValueError, match="cutoffs="):
+        AdaptiveSoftmax(VOCAB, cutoffs)
+
+
+def test_tail_projection_widths():
+    assert tail_projection_dims(128, 2, proj_factor=4) == [32, 8]
+    assert tail_projection_dims(128, 2, proj_dims=[64, 16]) == [64, 16]
+    with pytest.raises(ValueError, match="proj_dims"):
+        tail_projection_dims(128, 2, proj_dims=[64])
+    layer = built_layer((10, 30), proj_factor=2)
+    assert [p.shape for p in layer.tail_projections] == [(D_MODEL, 8), (D_MODEL, 4)]
+    assert [k.shape for k in layer.tail_kernels] == [(8, 20), (4, 20)]
+
+
+def test_multiply_adds_matches_the_weights_it_multiplies():
+    layer = built_layer((10, 30))
+    kernels = [layer.head_kernel] + layer.tail_projections + layer.tail_kernels
+    assert AdaptiveSoftmax.multiply_adds(D_MODEL, VOCAB, (10, 30)) == sum(int(np.prod(k.shape)) for k in kernels)
+
+
+def test_compiled_loss_and_gradients_match_eager():
+    layer = built_layer((10, 30))
+    hidden, labels = random_inputs()
+
+    def loss_and_gradients(hidden, labels):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(layer(hidden, labels))
+        return loss, tape.gradient(loss, layer.trainable_weights)
+
+    eager = loss_and_gradients(hidden, labels)
+    compiled = tf.function(loss_and_gradients, jit_compile=True)(hidden, labels)
+    np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-5)
+    for a, b in zip(compiled[1], eager[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_log_probabilities():
+    layer = AdaptiveSoftmax(VOCAB, (10, 30), dtype="mixed_bfloat16")
+    hidden, labels = random_inputs()
+    nll = layer(tf.cast(hidden, tf.bfloat16), labels)
+    assert nll.dtype == tf.float32 and np.all(np.isfinite(nll.numpy()))
+    assert layer.log_probs(tf.cast(hidden, tf.bfloat16)).dtype == tf.float32
+
+
+def test_config_round_trip():
+    layer = AdaptiveSoftmax(VOCAB, (10, 30), proj_factor=2, pad_id=3)
+    assert AdaptiveSoftmax.from_config(layer.get_config()).get_config() == layer.get_config()
