@@ -1,0 +1,568 @@
+"""PAR Transformer-XL: a Transformer-XL whose blocks choose between attention, dense and identity.
+
+Pay Attention when Required (Mandava et al. 2020, arXiv 2009.04534) searches which blocks of a
+Transformer-XL (Dai et al. 2019, arXiv 1901.02860) need attention: each block of the SuperNet
+mixes an attention, a dense (feed-forward) and an identity candidate with a Gumbel-softmax sample
+of its learned architecture logits. A fixed architecture ("AADDDI") builds only the named blocks.
+
+The file reads in the order of the papers: the config, relative attention, the three candidate
+blocks, the stochastic block that mixes them, the model that stacks them, then its parameter and
+FLOP counts.
+
+Layout: activations are batch-major [B, T, D]: batch, the T positions of the current segment,
+d_model. Attention looks at K = M + T key positions, the M = mem_len positions of memory before
+the segment's own T, with H heads of width d_head (N in einsum strings). Memory is explicit state:
+`call(tokens, memory) -> (hidden, new_memory)`.
+"""
+import contextlib
+import dataclasses
+import math
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from adaptive_softmax import AdaptiveSoftmax
+from gumbel import gumbel_softmax
+
+CANDIDATES = "ADI"  # Order of a stochastic block's candidates: attention, dense, identity.
+EVAL_MODES = ("mix", "argmax")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Every hyperparameter of the model, named once; checked on creation."""
+
+    vocab_size: int  # Token ids 0..vocab_size-1, padding included.
+    d_model: int = 128  # Width of the residual stream (even: it holds [sin | cos] encodings).
+    num_heads: int = 4  # Attention heads.
+    d_head: int | None = None  # Width of each head; None = d_model // num_heads.
+    d_ffn: int = 1024  # Inner width of the dense (feed-forward) blocks.
+    num_layers: int = 6  # Blocks; with an architecture, len(architecture).
+    mem_len: int = 16  # Positions of memory per attention block.
+    dropout_rate: float = 0.1  # Dropout on embeddings, block outputs, the FFN inner layer and the final hidden.
+    attention_dropout_rate: float = 0.0  # Dropout on attention weights.
+    cutoffs: tuple = (250, 2500)  # Adaptive softmax cluster boundaries over frequency-ranked ids; () = full softmax.
+    proj_factor: int = 4  # Each tail cluster's projection is this factor narrower than the previous one.
+    proj_dims: tuple | None = None  # Explicit projection width per tail cluster; overrides proj_factor.
+    architecture: str | None = None  # None = SuperNet of num_layers stochastic blocks; "AADDDI" = fixed.
+    pre_norm: bool = False  # LayerNorm before each block's sublayer (and once at the end) instead of after.
+    clamp_len: int = -1  # Distances beyond clamp_len use clamp_len's encoding; -1 = no clamping.
+    gumbel_per_example: bool = False  # One Gumbel sample per example ([B, 3]) instead of per step ([3]).
+    straight_through: bool = False  # Hard one-hot Gumbel samples forward, soft gradients backward.
+    eval_mode: str = "mix"  # training=False: "mix" with pi = softmax(arch_logits), or each block's "argmax".
+    pad_id: int = 0  # Label that scores no loss.
+
+    def __post_init__(self):
+        # JSON turns tuples into lists; a config read back must equal the one written.
+        self.cutoffs = tuple(self.cutoffs)
+        self.proj_dims = None if self.proj_dims is None else tuple(self.proj_dims)
+        if self.architecture is not None:
+            if not self.architecture or set(self.architecture) - set(CANDIDATES):
+                raise ValueError(f"architecture={self.architecture!r} must be a non-empty string of "
+                                 f"A (attention), D (dense) and I (identity), or None for the SuperNet.")
+            self.num_layers = len(self.architecture)
+        positive = ("vocab_size", "d_model", "num_heads", "d_ffn", "num_layers", "proj_factor")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
+        if self.d_model % 2:
+            raise ValueError(f"d_model={self.d_model} must be even: the relative encodings are [sin | cos] halves.")
+        if self.d_head is None and self.d_model % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads} must divide d_model={self.d_model} "
+                             f"(or set d_head explicitly).")
+        if self.d_head is not None and self.d_head < 1:
+            raise ValueError(f"d_head={self.d_head} must be at least 1, or None for d_model // num_heads.")
+        if self.mem_len < 0:
+            raise ValueError(f"mem_len={self.mem_len} must be 0 or more.")
+        for name in ("dropout_rate", "attention_dropout_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1).")
+        if list(self.cutoffs) != sorted(set(self.cutoffs)) or any(c < 1 for c in self.cutoffs):
+            raise ValueError(f"cutoffs={self.cutoffs} must be strictly increasing positive token ids.")
+        if self.proj_dims is not None and len(self.proj_dims) != len(self.cutoffs):
+            raise ValueError(f"proj_dims={self.proj_dims} must give one width per cutoff (cutoffs={self.cutoffs}).")
+        if self.clamp_len != -1 and self.clamp_len < 1:
+            raise ValueError(f"clamp_len={self.clamp_len} must be -1 (no clamping) or at least 1.")
+        if self.eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode={self.eval_mode!r} must be one of {EVAL_MODES}.")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"pad_id={self.pad_id} must be a token id below vocab_size={self.vocab_size}.")
+
+    @property
+    def head_dim(self):
+        """d_head, or d_model // num_heads when it is None."""
+        return self.d_head or self.d_model // self.num_heads
+
+    @property
+    def block_kinds(self):
+        """Per block, the candidates it builds: "ADI" for each SuperNet block, else one letter."""
+        return self.architecture or (CANDIDATES,) * self.num_layers
+
+
+def initializer():
+    """Normal(0, 0.02) as Transformer-XL. A new one per weight: an unseeded Keras initializer repeats its values."""
+    return keras.initializers.RandomNormal(stddev=0.02)
+
+
+def shape_list(x):
+    """Static dimensions where known, dynamic (tensor) ones elsewhere."""
+    dynamic = tf.shape(x)
+    return [dim if dim is not None else dynamic[i] for i, dim in enumerate(x.shape)]
+
+
+# Relative attention.
+
+
+def sinusoidal_encoding(distances, d_model):
+    """[K] float32 distances -> [K, d_model] float32 encodings: [sin | cos] halves, as Transformer-XL."""
+    inv_freq = 1.0 / (10000.0 ** (tf.range(0, d_model, 2, dtype=tf.float32) / d_model))  # [D/2]
+    angles = distances[:, None] * inv_freq[None, :]  # [K, D/2]
+    return tf.concat([tf.sin(angles), tf.cos(angles)], axis=-1)
+
+
+def relative_shift(scores):
+    """Re-indexes position scores from distance order to key order, for T queries after M memory keys.
+
+    [B, H, T, K] in, column c scoring distance K-1-c; [B, H, T, K] out, column j scoring key j,
+    i.e. distance M + t - j for query t. The Transformer-XL trick: pad a zero column on the left,
+    view each [T, K+1] block as [K+1, T], drop its first row and view the rest as [T, K], which
+    shifts row t left by T-1-t. Columns j > M + t (future keys) get wrapped values: the causal
+    mask removes them. It holds for any T <= K, so with or without memory.
+    """
+    batch, heads, queries, keys = shape_list(scores)
+    padded = tf.pad(scores, [[0, 0], [0, 0], [0, 0], [1, 0]])  # [B, H, T, K+1]
+    padded = tf.reshape(padded, [batch, heads, keys + 1, queries])  # [B, H, K+1, T]
+    return tf.reshape(padded[:, :, 1:], [batch, heads, queries, keys])  # [B, H, T, K]
+
+
+@keras.saving.register_keras_serializable(package="par")
+class RelativeMultiHeadAttention(keras.layers.Layer):
+    """Transformer-XL attention: queries from the segment, keys and values over [memory; segment].
+
+    The score of query t (key index M + t) for key j, scaled by 1/sqrt(d_head), is
+        (q_t + u) . k_j  +  (q_t + v) . W_r R(M + t - j)
+    with R(d) the sinusoidal encoding of the distance d (clamped to clamp_len when given). R
+    depends on the distance only, so memory carries no absolute positions and the memory may be
+    longer at evaluation. u (content bias) and v (position bias) are learned per head. Query t
+    sees the valid memory and the keys up to itself; the softmax runs in float32 so that masking
+    stays finite in float16 and bfloat16.
+    """
+
+    def __init__(self, num_heads, d_head, attention_dropout_rate=0.0, clamp_len=-1, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.d_head = d_head
+        self.attention_dropout_rate = attention_dropout_rate
+        self.clamp_len = clamp_len
+        self.dropout = keras.layers.Dropout(attention_dropout_rate, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        d_model = input_shape[-1]
+        projection = (d_model, self.num_heads, self.d_head)
+        self.query_kernel = self.add_weight(projection, initializer(), name="query_kernel")
+        self.key_kernel = self.add_weight(projection, initializer(), name="key_kernel")
+        self.value_kernel = self.add_weight(projection, initializer(), name="value_kernel")
+        self.position_kernel = self.add_weight(projection, initializer(), name="position_kernel")  # W_r
+        self.output_kernel = self.add_weight((self.num_heads, self.d_head, d_model), initializer(),
+                                             name="output_kernel")
+        self.content_bias = self.add_weight((self.num_heads, self.d_head), initializer(), name="content_bias")  # u
+        self.position_bias = self.add_weight((self.num_heads, self.d_head), initializer(), name="position_bias")  # v
+
+    def call(self, x, memory, valid_length, training=None):
+        """x [B, T, D]; memory [B, M, D], the M inputs before x, of which the last valid_length
+        (int32 scalar) are real and the first M - valid_length not yet filled -> [B, T, D]."""
+        memory = tf.stop_gradient(memory)  # The previous segment is context, not trained through.
+        num_memory = shape_list(memory)[1]
+        num_queries = shape_list(x)[1]
+        context = tf.concat([memory, x], axis=1)  # [B, K, D]
+        num_keys = shape_list(context)[1]
+
+        query = tf.einsum("btd,dhn->bthn", x, self.query_kernel)  # [B, T, H, N]
+        key = tf.einsum("bkd,dhn->bkhn", context, self.key_kernel)  # [B, K, H, N]
+        value = tf.einsum("bkd,dhn->bkhn", context, self.value_kernel)  # [B, K, H, N]
+
+        distances = tf.range(num_keys - 1, -1, -1, dtype=tf.float32)  # [K]: K-1 down to 0
+        if self.clamp_len > 0:
+            distances = tf.minimum(distances, float(self.clamp_len))
+        encodings = tf.cast(sinusoidal_encoding(distances, x.shape[-1]), self.compute_dtype)  # [K, D]
+        position_keys = tf.einsum("kd,dhn->khn", encodings, self.position_kernel)  # [K, H, N]
+
+        content_scores = tf.einsum("bthn,bkhn->bhtk", query + self.content_bias, key)  # [B, H, T, K]
+        position_scores = tf.einsum("bthn,khn->bhtk", query + self.position_bias, position_keys)  # by distance
+        position_scores = relative_shift(position_scores)  # [B, H, T, K] by key
+        scores = (tf.cast(content_scores, tf.float32) + tf.cast(position_scores, tf.float32)) / math.sqrt(self.d_head)
+
+        key_index = tf.range(num_keys)[None, :]  # [1, K]
+        query_index = num_memory + tf.range(num_queries)[:, None]  # [T, 1], absolute in the key axis
+        visible = (key_index <= query_index) & (key_index >= num_memory - valid_length)  # [T, K]
+        # A finite float32 fill: exp underflows to exactly 0, and no row is fully masked (a query sees itself).
+        scores = tf.where(visible, scores, tf.constant(-1e9, tf.float32))
+        weights = tf.cast(tf.nn.softmax(scores, axis=-1), self.compute_dtype)  # [B, H, T, K]
+        weights = self.dropout(weights, training=training)
+
+        attended = tf.einsum("bhtk,bkhn->bthn", weights, value)  # [B, T, H, N]
+        return tf.einsum("bthn,hnd->btd", attended, self.output_kernel)  # [B, T, D]
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "d_head": self.d_head,
+                "attention_dropout_rate": self.attention_dropout_rate, "clamp_len": self.clamp_len}
+
+
+# The three candidates. They share one call signature so that a stochastic block can mix them and a
+# fixed architecture can stack them; the dense and identity blocks ignore memory.
+
+
+@keras.saving.register_keras_serializable(package="par")
+class AttentionBlock(keras.layers.Layer):
+    """Post-norm LN(x + Dropout(Attn(x, memory))); pre-norm x + Dropout(Attn(LN(x), LN(memory)))."""
+
+    uses_memory = True
+
+    def __init__(self, num_heads, d_head, dropout_rate=0.0, attention_dropout_rate=0.0, clamp_len=-1,
+                 pre_norm=False, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.d_head = d_head
+        self.dropout_rate = dropout_rate
+        self.attention_dropout_rate = attention_dropout_rate
+        self.clamp_len = clamp_len
+        self.pre_norm = pre_norm
+        self.attention = RelativeMultiHeadAttention(num_heads, d_head, attention_dropout_rate, clamp_len,
+                                                    dtype=self.dtype_policy)
+        self.dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-5, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self.attention.build(input_shape)
+        self.norm.build(input_shape)
+
+    def call(self, x, memory=None, valid_length=None, training=None):
+        """x [B, T, D], memory [B, M, D] (this block's earlier inputs), valid_length int32 -> [B, T, D]."""
+        if self.pre_norm:
+            # The memory holds block inputs, so it is normalised like x: LN is per position.
+            attended = self.attention(self.norm(x), self.norm(memory), valid_length, training=training)
+            return x + self.dropout(attended, training=training)
+        attended = self.attention(x, memory, valid_length, training=training)
+        return self.norm(x + self.dropout(attended, training=training))
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "d_head": self.d_head,
+                "dropout_rate": self.dropout_rate, "attention_dropout_rate": self.attention_dropout_rate,
+                "clamp_len": self.clamp_len, "pre_norm": self.pre_norm}
+
+
+@keras.saving.register_keras_serializable(package="par")
+class DenseBlock(keras.layers.Layer):
+    """Position-wise feed-forward. Post-norm LN(x + Dropout(FFN(x))); pre-norm x + Dropout(FFN(LN(x)))
+    with FFN(x) = W2 Dropout(ReLU(W1 x + b1)) + b2."""
+
+    uses_memory = False
+
+    def __init__(self, d_model, d_ffn, dropout_rate=0.0, pre_norm=False, **kwargs):
+        super().__init__(**kwargs)
+        self.d_model = d_model
+        self.d_ffn = d_ffn
+        self.dropout_rate = dropout_rate
+        self.pre_norm = pre_norm
+        self.inner = keras.layers.Dense(d_ffn, activation="relu", kernel_initializer=initializer(),
+                                        dtype=self.dtype_policy)
+        self.inner_dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
+        self.outer = keras.layers.Dense(d_model, kernel_initializer=initializer(), dtype=self.dtype_policy)
+        self.dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-5, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self.inner.build(input_shape)
+        self.outer.build((*input_shape[:-1], self.d_ffn))
+        self.norm.build(input_shape)
+
+    def call(self, x, memory=None, valid_length=None, training=None):
+        """x [B, T, D] -> [B, T, D]; memory and valid_length are ignored."""
+        inputs = self.norm(x) if self.pre_norm else x
+        hidden = self.inner_dropout(self.inner(inputs), training=training)  # [B, T, F]
+        outputs = x + self.dropout(self.outer(hidden), training=training)
+        return outputs if self.pre_norm else self.norm(outputs)
+
+    def get_config(self):
+        return {**super().get_config(), "d_model": self.d_model, "d_ffn": self.d_ffn,
+                "dropout_rate": self.dropout_rate, "pre_norm": self.pre_norm}
+
+
+@keras.saving.register_keras_serializable(package="par")
+class IdentityBlock(keras.layers.Layer):
+    """x [B, T, D] -> x: the candidate that lets a block be skipped."""
+
+    uses_memory = False
+
+    def call(self, x, memory=None, valid_length=None, training=None):
+        return x
+
+
+@keras.saving.register_keras_serializable(package="par")
+class StochasticBlock(keras.layers.Layer):
+    """A SuperNet block: the sum of its candidates' outputs weighted by a relaxed choice.
+
+    Training: weights = Gumbel-softmax(arch_logits, tau), one sample per call ([3]) or per example
+    ([B, 3]); with straight_through a hard one-hot forward and soft gradients backward. Not
+    training: deterministic, pi = softmax(arch_logits) ("mix") or one_hot(argmax) ("argmax";
+    every candidate still runs, weighted 1 or 0). arch_logits are logits, never probabilities, and
+    start at zero (uniform pi). The layer owns a SeedGenerator so the Gumbel noise state is a
+    variable: checkpointed, and valid inside XLA.
+
+    The layer does not autocast: tau and arch_logits stay float32, and each candidate casts its
+    own inputs to the compute dtype.
+    """
+
+    def __init__(self, candidates, gumbel_per_example=False, straight_through=False, **kwargs):
+        super().__init__(autocast=False, **kwargs)
+        self.candidates = list(candidates)
+        self.gumbel_per_example = gumbel_per_example
+        self.straight_through = straight_through
+        self.arch_logits = self.add_weight((len(self.candidates),), "zeros", dtype="float32", name="arch_logits")
+        self.seed_generator = keras.random.SeedGenerator(name="gumbel_seed")
+
+    @property
+    def uses_memory(self):
+        return any(candidate.uses_memory for candidate in self.candidates)
+
+    def build(self, input_shape):
+        for candidate in self.candidates:
+            candidate.build(input_shape)
+
+    def choice_weights(self, batch_size, tau=1.0, training=None, eval_mode="mix"):
+        """float32 weights of the candidates: [B, 3] when sampling per example, else [3]."""
+        logits = tf.convert_to_tensor(self.arch_logits)
+        if not training:
+            if eval_mode == "argmax":
+                return tf.one_hot(tf.argmax(logits), len(self.candidates), dtype=tf.float32)
+            return tf.nn.softmax(logits)
+        if self.gumbel_per_example:
+            logits = tf.broadcast_to(logits, [batch_size, len(self.candidates)])
+        return gumbel_softmax(logits, tf.cast(tau, tf.float32), hard=self.straight_through, seed=self.seed_generator)
+
+    def call(self, x, memory=None, valid_length=None, tau=1.0, training=None, eval_mode="mix"):
+        """x [B, T, D], memory [B, M, D], valid_length int32, tau float32 scalar -> [B, T, D]."""
+        weights = tf.cast(self.choice_weights(shape_list(x)[0], tau, training, eval_mode), self.compute_dtype)
+        if self.gumbel_per_example:
+            weights = weights[:, None, None, :]  # [B, 1, 1, 3]
+        outputs = [candidate(x, memory, valid_length, training=training) for candidate in self.candidates]
+        return sum(weights[..., i] * output for i, output in enumerate(outputs))
+
+    def get_config(self):
+        return {**super().get_config(), "gumbel_per_example": self.gumbel_per_example,
+                "straight_through": self.straight_through,
+                "candidates": [keras.saving.serialize_keras_object(c) for c in self.candidates]}
+
+    @classmethod
+    def from_config(cls, config):
+        candidates = [keras.saving.deserialize_keras_object(c) for c in config.pop("candidates")]
+        return cls(candidates, **config)
+
+
+# The model.
+
+
+class Memory(NamedTuple):
+    """Each attention-bearing block's last mem_len inputs, and how many of them are real.
+
+    states: [num_memory_layers, B, mem_len, D] in the compute dtype, right-aligned (the newest
+    position last); valid_length: int32 scalar, min(positions seen, mem_len). Fixed shapes, so a
+    compiled step traces once.
+    """
+
+    states: tf.Tensor
+    valid_length: tf.Tensor
+
+
+@keras.saving.register_keras_serializable(package="par")
+class TransformerXL(keras.Model):
+    """Token embedding (scaled by sqrt(d_model)), dropout, the blocks, a final LayerNorm when
+    pre-norm, dropout, and an adaptive softmax.
+
+    The SuperNet (config.architecture None) stacks num_layers StochasticBlocks; a fixed
+    architecture stacks exactly the named blocks, so "DDDDDD" builds no attention weights and
+    keeps no memory. Pass the dtype policy here (dtype="mixed_bfloat16"); every sublayer inherits
+    it. The model does not autocast: tau stays float32, and the memory is cast explicitly.
+    """
+
+    def __init__(self, config, **kwargs):
+        super().__init__(autocast=False, **kwargs)
+        self.config = config
+        self.eval_mode = config.eval_mode
+        self.is_supernet = config.architecture is None
+        self.embedding = keras.layers.Embedding(config.vocab_size, config.d_model,
+                                                embeddings_initializer=initializer(), dtype=self.dtype_policy)
+        self.embedding_dropout = keras.layers.Dropout(config.dropout_rate, dtype=self.dtype_policy)
+        self.blocks = [self._make_block(kinds) for kinds in config.block_kinds]
+        self.final_norm = (keras.layers.LayerNormalization(epsilon=1e-5, dtype=self.dtype_policy)
+                           if config.pre_norm else None)
+        self.output_dropout = keras.layers.Dropout(config.dropout_rate, dtype=self.dtype_policy)
+        self.output_layer = AdaptiveSoftmax(config.vocab_size, config.cutoffs, config.proj_factor,
+                                            config.proj_dims, config.pad_id, dtype=self.dtype_policy)
+
+    def _make_block(self, kinds):
+        """One block: a StochasticBlock over kinds "ADI", or the single candidate named by one letter."""
+        config, dtype = self.config, self.dtype_policy
+
+        def candidate(kind):
+            if kind == "A":
+                return AttentionBlock(config.num_heads, config.head_dim, config.dropout_rate,
+                                      config.attention_dropout_rate, config.clamp_len, config.pre_norm, dtype=dtype)
+            if kind == "D":
+                return DenseBlock(config.d_model, config.d_ffn, config.dropout_rate, config.pre_norm, dtype=dtype)
+            return IdentityBlock(dtype=dtype)
+
+        if len(kinds) == 1:
+            return candidate(kinds)
+        return StochasticBlock([candidate(kind) for kind in kinds], config.gumbel_per_example,
+                               config.straight_through, dtype=dtype)
+
+    def build(self, tokens_shape):
+        """Creates every weight from the tokens' shape [B, T], without running the model."""
+        hidden_shape = (*tokens_shape, self.config.d_model)
+        self.embedding.build(tokens_shape)
+        for block in self.blocks:
+            block.build(hidden_shape)
+        if self.final_norm is not None:
+            self.final_norm.build(hidden_shape)
+        self.output_layer.build(hidden_shape)
+
+    @property
+    def num_memory_layers(self):
+        return sum(block.uses_memory for block in self.blocks)
+
+    def initial_memory(self, batch_size):
+        """An empty Memory for batch_size rows: zero states, valid_length 0."""
+        shape = (self.num_memory_layers, batch_size, self.config.mem_len, self.config.d_model)
+        return Memory(tf.zeros(shape, self.compute_dtype), tf.constant(0, tf.int32))
+
+    def call(self, tokens, memory, tau=1.0, training=False):
+        """tokens [B, T] int32, memory: Memory, tau float scalar -> (hidden [B, T, D], new Memory).
+
+        hidden is the output layer's input (after the final dropout). Each attention-bearing
+        block's new memory is the last mem_len positions of its input, concat[old memory, x],
+        without gradient.
+        """
+        num_tokens = shape_list(tokens)[1]
+        states = tf.cast(memory.states, self.compute_dtype)  # [L_mem, B, M, D]
+        mem_len = states.shape[2]  # The memory given, which may differ from config.mem_len.
+        x = self.embedding(tokens) * tf.cast(math.sqrt(self.config.d_model), self.compute_dtype)  # [B, T, D]
+        x = self.embedding_dropout(x, training=training)
+        extra = dict(tau=tau, eval_mode=self.eval_mode) if self.is_supernet else {}
+        new_states = []
+        for block in self.blocks:
+            if block.uses_memory:
+                block_memory = states[len(new_states)]  # [B, M, D]
+                new_states.append(tf.stop_gradient(tf.concat([block_memory, x], axis=1)[:, num_tokens:]))
+                x = block(x, block_memory, memory.valid_length, training=training, **extra)
+            else:
+                x = block(x, training=training, **extra)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        hidden = self.output_dropout(x, training=training)
+        valid_length = tf.minimum(memory.valid_length + num_tokens, mem_len)
+        return hidden, Memory(tf.stack(new_states) if new_states else states, valid_length)
+
+    def token_nll(self, tokens, labels, memory, tau=1.0, training=False):
+        """tokens, labels [B, T] int32 -> (nll [B, T] float32, 0 at pad labels; new Memory)."""
+        hidden, new_memory = self(tokens, memory, tau=tau, training=training)
+        return self.output_layer(hidden, labels), new_memory
+
+    def log_probs(self, tokens, memory, tau=1.0, training=False):
+        """tokens [B, T] int32 -> (log-probabilities [B, T, V] float32, new Memory)."""
+        hidden, new_memory = self(tokens, memory, tau=tau, training=training)
+        return self.output_layer.log_probs(hidden), new_memory
+
+    @contextlib.contextmanager
+    def eval_mode_as(self, eval_mode):
+        """Evaluates with another eval_mode inside the block. Functions traced inside see it."""
+        if eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode={eval_mode!r} must be one of {EVAL_MODES}.")
+        previous, self.eval_mode = self.eval_mode, eval_mode
+        try:
+            yield
+        finally:
+            self.eval_mode = previous
+
+    @property
+    def arch_variables(self):
+        """The architecture logits, one [3] variable per block; empty for a fixed architecture."""
+        return [block.arch_logits for block in self.blocks if self.is_supernet]
+
+    @property
+    def weight_variables(self):
+        """Every trainable variable but the architecture logits, the embedding first."""
+        arch = {id(variable) for variable in self.arch_variables}
+        return [variable for variable in self.trainable_variables if id(variable) not in arch]
+
+    def arch_probabilities(self):
+        """pi per block, numpy [num_layers, 3] (attention, dense, identity); one-hot for a fixed architecture."""
+        if not self.is_supernet:
+            return np.eye(len(CANDIDATES), dtype=np.float32)[[CANDIDATES.index(k) for k in self.config.architecture]]
+        logits = np.stack([variable.numpy() for variable in self.arch_variables])  # [L, 3]
+        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return exp / exp.sum(axis=-1, keepdims=True)
+
+    def derived_architecture(self):
+        """Each block's most probable candidate, e.g. "AADDDI"."""
+        return "".join(CANDIDATES[i] for i in self.arch_probabilities().argmax(axis=-1))
+
+    def get_config(self):
+        return {**super().get_config(), "config": dataclasses.asdict(self.config)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(ModelConfig(**config.pop("config")), **config)
+
+
+# Accounting.
+
+
+def count_parameters(model):
+    """Trainable parameter counts per part of a built TransformerXL; "total" is all trainable weights."""
+
+    def size(variables):
+        return int(sum(np.prod(variable.shape) for variable in variables))
+
+    counts = dict(embedding=size(model.embedding.trainable_weights), attention=0, dense=0, layer_norm=0,
+                  arch_logits=size(model.arch_variables), output=size(model.output_layer.trainable_weights))
+    for block in model.blocks:
+        for candidate in getattr(block, "candidates", [block]):
+            if isinstance(candidate, AttentionBlock):
+                counts["attention"] += size(candidate.attention.trainable_weights)
+            if isinstance(candidate, DenseBlock):
+                counts["dense"] += size(candidate.inner.trainable_weights + candidate.outer.trainable_weights)
+            if isinstance(candidate, (AttentionBlock, DenseBlock)):
+                counts["layer_norm"] += size(candidate.norm.trainable_weights)
+    if model.final_norm is not None:
+        counts["layer_norm"] += size(model.final_norm.trainable_weights)
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def flops_per_token(config, seq_len, training=False):
+    """Analytic FLOPs per token for segments of seq_len tokens (a multiply-add is 2 FLOPs).
+
+    Matmuls only. With D = d_model, A = num_heads * d_head, F = d_ffn, T = seq_len and
+    K = mem_len + T keys:
+      attention block  2*D*A * (2 + 3*K/T)   q and output projections for each token; k, v and the
+                                              relative encodings r projected at all K positions
+                                              once per segment (r once per row: an upper bound,
+                                              as the batch shares it)
+                       + 3 * 2*A*K             content scores, position scores, weighted values
+      dense block      2 * 2*D*F
+      output layer     2 * AdaptiveSoftmax.multiply_adds: head and every tail cluster, for every
+                       token (the layer computes them all in training too, for static shapes)
+    The SuperNet runs attention and dense in every block; a fixed architecture only its named
+    blocks. Embedding lookup, layer norms, softmaxes, the rel-shift and Gumbel mixing (O(D) or
+    O(H*K) per token) are left out. training=True is 3x: the backward pass costs about twice the forward.
+    """
+    d_model, attention_width, num_keys = config.d_model, config.num_heads * config.head_dim, config.mem_len + seq_len
+    attention = 2 * d_model * attention_width * (2 + 3 * num_keys / seq_len) + 3 * 2 * attention_width * num_keys
+    dense = 2 * 2 * d_model * config.d_ffn
+    blocks = sum(attention * ("A" in kinds) + dense * ("D" in kinds) for kinds in config.block_kinds)
+    forward = blocks + 2 * AdaptiveSoftmax.multiply_adds(d_model, config.vocab_size, config.cutoffs,
+                                                         config.proj_factor, config.proj_dims)
+    return 3 * forward if training else forward

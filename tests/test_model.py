@@ -1,0 +1,301 @@
+"""model.py: relative attention against a naive loop, causality, memory, the stochastic blocks, XLA, dtypes."""
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model import (AttentionBlock, DenseBlock, IdentityBlock, ModelConfig, RelativeMultiHeadAttention,
+                   StochasticBlock, TransformerXL, count_parameters, flops_per_token)
+
+TINY = dict(vocab_size=50, d_model=16, num_heads=2, d_ffn=32, num_layers=3, mem_len=4, cutoffs=(20, 35))
+
+
+def tiny_model(**overrides):
+    model = TransformerXL(ModelConfig(**{**TINY, **overrides}))
+    model.build((1, 1))
+    return model
+
+
+def random_tokens(shape, seed=0, vocab_size=TINY["vocab_size"]):
+    return tf.constant(np.random.default_rng(seed).integers(1, vocab_size, shape), tf.int32)
+
+
+# Relative attention.
+
+
+def encoding(distance, d_model):
+    """The sinusoidal encoding of one distance, written out: [sin | cos] halves, as Transformer-XL."""
+    inv_freq = 1.0 / 10000 ** (np.arange(0, d_model, 2) / d_model)
+    return np.concatenate([np.sin(distance * inv_freq), np.cos(distance * inv_freq)])
+
+
+def naive_attention(layer, x, memory, valid_length, clamp_len=-1):
+    """Loops over batch, head, query and key: the score of query t for key j uses R(M + t - j)."""
+    wq, wk, wv, wr, wo, u, v = (np.asarray(w, np.float64) for w in (
+        layer.query_kernel, layer.key_kernel, layer.value_kernel, layer.position_kernel, layer.output_kernel,
+        layer.content_bias, layer.position_bias))
+    batch, num_queries, d_model = x.shape
+    num_memory = memory.shape[1]
+    context = np.concatenate([memory, x], axis=1)
+    output = np.zeros(x.shape)
+    for b in range(batch):
+        for h in range(layer.num_heads):
+            for t in range(num_queries):
+                query = x[b, t] @ wq[:, h]
+                keys = [j for j in range(num_memory + num_queries)
+                        if num_memory - valid_length <= j <= num_memory + t]
+                scores = []
+                for j in keys:
+                    distance = num_memory + t - j
+                    if clamp_len > 0:
+                        distance = min(distance, clamp_len)
+                    position_key = encoding(distance, d_model) @ wr[:, h]
+                    scores.append(((query + u[h]) @ (context[b, j] @ wk[:, h])
+                                   + (query + v[h]) @ position_key) / math.sqrt(layer.d_head))
+                weights = np.exp(np.array(scores) - max(scores))
+                weights /= weights.sum()
+                attended = sum(w * (context[b, j] @ wv[:, h]) for w, j in zip(weights, keys))
+                output[b, t] += attended @ wo[h]
+    return output
+
+
+@pytest.mark.parametrize("num_memory, num_queries, valid_length, clamp_len", [
+    (0, 5, 0, -1),  # No memory: K == T.
+    (3, 5, 3, -1),  # Full memory, T != K.
+    (6, 4, 2, -1),  # Partly filled memory.
+    (6, 4, 0, -1),  # Empty memory slots only.
+    (6, 4, 6, 3),  # Clamped distances.
+])
+def test_relative_attention_matches_naive_loop(num_memory, num_queries, valid_length, clamp_len):
+    rng = np.random.default_rng(num_memory + 10 * num_queries)
+    layer = RelativeMultiHeadAttention(num_heads=2, d_head=5, clamp_len=clamp_len)  # d_head != d_model / heads.
+    x = rng.normal(size=(2, num_queries, 16)).astype(np.float32)
+    memory = rng.normal(size=(2, num_memory, 16)).astype(np.float32)
+    output = layer(x, memory, tf.constant(valid_length, tf.int32))
+    np.testing.assert_allclose(output, naive_attention(layer, x, memory, valid_length, clamp_len), atol=1e-5)
+
+
+# The whole model.
+
+
+def test_changing_a_token_changes_no_earlier_output():
+    model = tiny_model()
+    memory = model(random_tokens((2, 6), seed=1), model.initial_memory(2))[1]  # A partly filled memory.
+    tokens = random_tokens((2, 8)).numpy()
+    changed = tokens.copy()
+    changed[:, 5] = changed[:, 5] % 49 + 1  # Another token id in 1..49.
+    before, _ = model(tf.constant(tokens), memory)
+    after, _ = model(tf.constant(changed), memory)
+    np.testing.assert_allclose(before[:, :5], after[:, :5], atol=1e-6)
+    assert np.abs(before[:, 5:] - after[:, 5:]).max() > 1e-3
+
+
+@pytest.mark.parametrize("architecture, pre_norm", [("A", False), ("ADA", True), (None, False)])
+def test_segments_with_memory_match_the_whole_sequence(architecture, pre_norm):
+    model = tiny_model(architecture=architecture, pre_norm=pre_norm, mem_len=6, dropout_rate=0.0)
+    tokens = random_tokens((2, 9))
+    whole, _ = model(tokens, model.initial_memory(2))
+    first, memory = model(tokens[:, :4], model.initial_memory(2))  # 4 < mem_len: memory partly valid.
+    second, memory = model(tokens[:, 4:], memory)
+    np.testing.assert_allclose(tf.concat([first, second], axis=1), whole, atol=1e-5)
+    assert int(memory.valid_length) == 6
+
+
+def test_no_gradient_flows_into_or_out_of_the_memory():
+    model = tiny_model(architecture="A", dropout_rate=0.0)
+    _, memory = model(random_tokens((2, 4), seed=1), model.initial_memory(2))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(memory.states)
+        hidden, new_memory = model(random_tokens((2, 4)), memory)
+        loss = tf.reduce_sum(hidden)
+    assert tape.gradient(loss, memory.states) is None
+    assert all(g is None for g in tape.gradient(new_memory.states, model.trainable_variables))
+
+
+def test_evaluation_is_deterministic_and_training_is_not():
+    model = tiny_model(dropout_rate=0.0)  # Only the Gumbel noise differs between training calls.
+    tokens, memory = random_tokens((2, 5)), model.initial_memory(2)
+    np.testing.assert_array_equal(model(tokens, memory)[0], model(tokens, memory)[0])
+    assert not np.allclose(model(tokens, memory, training=True)[0], model(tokens, memory, training=True)[0])
+
+
+def test_fixed_architectures_build_only_the_named_blocks():
+    dense_only = tiny_model(architecture="DDDDDD")
+    assert not any("relative_multi_head_attention" in v.path for v in dense_only.variables)
+    assert count_parameters(dense_only)["attention"] == 0
+    assert dense_only.initial_memory(2).states.shape == (0, 2, 4, 16)
+    assert dense_only.arch_variables == [] and dense_only.derived_architecture() == "DDDDDD"
+    mixed = tiny_model(architecture="AADDDI")
+    assert [type(b) for b in mixed.blocks] == [AttentionBlock] * 2 + [DenseBlock] * 3 + [IdentityBlock]
+    assert mixed.num_memory_layers == 2 and mixed.config.num_layers == 6
+    supernet = tiny_model(num_layers=6)
+    assert count_parameters(mixed)["attention"] * 3 == count_parameters(supernet)["attention"]
+
+
+def copy_choices_into_fixed_model(supernet, choices):
+    """A fixed model whose blocks are the supernet's chosen candidates, with the same weights."""
+    fixed = tiny_model(architecture=choices, dropout_rate=0.0)
+    fixed.embedding.set_weights(supernet.embedding.get_weights())
+    fixed.output_layer.set_weights(supernet.output_layer.get_weights())
+    for fixed_block, block, choice in zip(fixed.blocks, supernet.blocks, choices):
+        fixed_block.set_weights(block.candidates["ADI".index(choice)].get_weights())
+    return fixed
+
+
+def test_argmax_evaluation_equals_the_chosen_fixed_architecture():
+    supernet = tiny_model(eval_mode="argmax", dropout_rate=0.0)
+    for block, logits in zip(supernet.blocks, ([0.1, 0.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.0, 0.3])):
+        block.arch_logits.assign(logits)
+    assert supernet.derived_architecture() == "ADI"
+    fixed = copy_choices_into_fixed_model(supernet, "ADI")
+    supernet_memory, fixed_memory = supernet.initial_memory(2), fixed.initial_memory(2)
+    for segment in (random_tokens((2, 5), seed=1), random_tokens((2, 5), seed=2)):
+        supernet_nll, supernet_memory = supernet.token_nll(segment, segment, supernet_memory)
+        fixed_nll, fixed_memory = fixed.token_nll(segment, segment, fixed_memory)
+        np.testing.assert_allclose(supernet_nll, fixed_nll, atol=1e-5)
+    np.testing.assert_array_equal(supernet_memory.states[0], fixed_memory.states[0])
+    with supernet.eval_mode_as("mix"):  # Mixing with pi is not the argmax architecture.
+        assert not np.allclose(supernet.token_nll(segment, segment, supernet_memory)[0], fixed_nll, atol=1e-3)
+
+
+def block_inputs(batch=2, length=4, mem_len=3):
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(batch, length, 16)), tf.float32)
+    memory = tf.constant(rng.normal(size=(batch, mem_len, 16)), tf.float32)
+    return x, memory, tf.constant(mem_len, tf.int32)
+
+
+def candidates():
+    return [AttentionBlock(2, 8), DenseBlock(16, 32), IdentityBlock()]
+
+
+def test_stochastic_block_mixes_its_candidates_with_pi():
+    block = StochasticBlock(candidates())
+    x, memory, valid_length = block_inputs()
+    block.build(x.shape)
+    block.arch_logits.assign([1.0, -0.5, 0.2])
+    pi = tf.nn.softmax(block.arch_logits)
+    expected = sum(pi[i] * candidate(x, memory, valid_length) for i, candidate in enumerate(block.candidates))
+    np.testing.assert_allclose(block(x, memory, valid_length), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_straight_through_samples_pick_one_candidate_and_keep_soft_gradients(per_example):
+    block = StochasticBlock(candidates(), gumbel_per_example=per_example, straight_through=True)
+    x, memory, valid_length = block_inputs(batch=16)
+    block.build(x.shape)
+    weights = block.choice_weights(16, tau=tf.constant(0.5), training=True)
+    assert weights.shape == ((16, 3) if per_example else (3,))
+    np.testing.assert_allclose(tf.reduce_max(weights, axis=-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(tf.reduce_sum(weights, axis=-1), 1.0, atol=1e-6)
+    if per_example:  # Sixteen rows of uniform pi: more than one choice among them.
+        assert len(set(np.argmax(weights, axis=-1))) > 1
+    outputs = [candidate(x, memory, valid_length) for candidate in block.candidates]
+    with tf.GradientTape() as tape:
+        mixed = block(x, memory, valid_length, tau=tf.constant(0.5), training=True)
+        loss = tf.reduce_sum(mixed)
+    per_row = [min(np.abs(mixed[b] - output[b]).max() for output in outputs) for b in range(16)]
+    assert max(per_row) < 1e-5
+    assert np.abs(tape.gradient(loss, block.arch_logits)).max() > 0
+
+
+@pytest.mark.parametrize("architecture, training", [("ADA", True), (None, False)])
+def test_compiled_training_step_matches_eager(architecture, training):
+    """Loss, gradients and memory of one step, eager and under XLA, in float32.
+
+    Random draws cannot be compared: for the same seed state XLA's stateless RNG picks another
+    algorithm than eager TensorFlow's. So dropout is 0, and the SuperNet runs without Gumbel noise
+    (training=False mixes with pi), which still sends gradients to the arch logits.
+    """
+    model = tiny_model(architecture=architecture, dropout_rate=0.0)
+    tokens, labels = random_tokens((2, 6), seed=1), random_tokens((2, 6), seed=2)
+    _, memory = model(random_tokens((2, 3), seed=3), model.initial_memory(2))
+
+    def step(tokens, labels, memory, tau):
+        with tf.GradientTape() as tape:
+            nll, new_memory = model.token_nll(tokens, labels, memory, tau=tau, training=training)
+            loss = tf.reduce_mean(nll)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        return loss, [tf.convert_to_tensor(g) for g in gradients], new_memory.states  # Embedding: dense, not sliced.
+
+    eager = step(tokens, labels, memory, tf.constant(0.7))
+    compiled = tf.function(step, jit_compile=True)(tokens, labels, memory, tf.constant(0.7))
+    np.testing.assert_allclose(compiled[0], eager[0], atol=1e-5)
+    for variable, eager_gradient, compiled_gradient in zip(model.trainable_variables, eager[1], compiled[1]):
+        assert np.abs(eager_gradient).max() > 0, variable.path
+        np.testing.assert_allclose(compiled_gradient, eager_gradient, atol=1e-5, err_msg=variable.path)
+    np.testing.assert_allclose(compiled[2], eager[2], atol=1e-5)
+
+
+def test_no_memory():
+    model = tiny_model(mem_len=0)
+    memory = model.initial_memory(2)
+    assert memory.states.shape == (3, 2, 0, 16)
+    for seed in (1, 2):
+        nll, memory = model.token_nll(random_tokens((2, 5), seed), random_tokens((2, 5), seed + 1), memory)
+        assert np.isfinite(nll).all() and memory.states.shape == (3, 2, 0, 16) and int(memory.valid_length) == 0
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_half_precision_is_finite_with_empty_memory(policy):
+    model = TransformerXL(ModelConfig(**{**TINY, "mem_len": 8}), dtype=policy)
+    memory = model.initial_memory(2)
+    assert memory.states.dtype == model.compute_dtype == policy.split("_")[1]
+    for seed, training in ((1, False), (2, True)):
+        nll, memory = model.token_nll(random_tokens((2, 5), seed), random_tokens((2, 5), seed + 1), memory,
+                                      tau=tf.constant(0.5), training=training)
+        assert nll.dtype == tf.float32 and np.isfinite(nll).all()
+    log_probs, _ = model.log_probs(random_tokens((2, 5), 3), memory)
+    assert log_probs.dtype == tf.float32 and np.isfinite(log_probs).all()
+    assert all(v.dtype == "float32" for v in model.trainable_variables)
+
+
+# Config, serialisation and accounting.
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (dict(num_heads=3), "num_heads=3"),
+    (dict(architecture="AAXD"), "architecture='AAXD'"),
+    (dict(architecture=""), "architecture=''"),
+    (dict(eval_mode="best"), "eval_mode='best'"),
+    (dict(cutoffs=(30, 20)), "cutoffs=(30, 20)"),
+    (dict(d_model=15, num_heads=1), "d_model=15"),
+    (dict(mem_len=-1), "mem_len=-1"),
+    (dict(clamp_len=0), "clamp_len=0"),
+    (dict(dropout_rate=1.0), "dropout_rate=1.0"),
+])
+def test_bad_configs_are_refused_with_the_field_and_value(overrides, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        ModelConfig(**{**TINY, **overrides})
+
+
+def test_config_round_trips_through_json_and_keras():
+    config = ModelConfig(**{**TINY, "architecture": "ADI", "proj_dims": (8, 4)})
+    assert config.num_layers == 3 and config.head_dim == 8
+    assert ModelConfig(**json.loads(json.dumps(dataclasses.asdict(config)))) == config
+    model = tiny_model(architecture="ADI")
+    assert TransformerXL.from_config(model.get_config()).config == model.config
+    block = StochasticBlock(candidates(), gumbel_per_example=True)
+    rebuilt = StochasticBlock.from_config(block.get_config())
+    assert [c.get_config() for c in rebuilt.candidates] == [c.get_config() for c in block.candidates]
+    assert rebuilt.gumbel_per_example
+
+
+def test_parameter_counts_cover_every_weight_and_flops_follow_the_blocks():
+    for architecture in (None, "AADDDI"):
+        model = tiny_model(architecture=architecture, pre_norm=True)
+        counts = count_parameters(model)
+        assert counts["total"] == sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        assert counts["total"] == sum(value for key, value in counts.items() if key != "total")
+    config = ModelConfig(**{**TINY, "num_layers": 6})
+
+    def flops(architecture, **kwargs):
+        return flops_per_token(dataclasses.replace(config, architecture=architecture), 8, **kwargs)
+
+    assert flops("DDDDDD") < flops("AADDDI") < flops(None)
+    # The SuperNet runs attention and dense in every block; identity and the output layer cost the same.
+    assert flops(None) == pytest.approx(flops("AAAAAA") + flops("DDDDDD") - flops("IIIIII"))
+    assert flops(None, training=True) == pytest.approx(3 * flops(None))
