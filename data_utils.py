@@ -15,7 +15,6 @@ adaptive softmax cutoffs assume frequent tokens have small ids. Every line of te
 included, is encoded as its pieces followed by the end-of-line id: that matches WikiText's own
 convention of one `<eos>` per line, so word-level perplexity uses the published word counts.
 """
-import codecs
 import dataclasses
 import hashlib
 import json
@@ -90,16 +89,8 @@ def sha256_of(path):
 def read_lines(path):
     """Returns (lines without their line ends, number of invalid UTF-8 sequences replaced by U+FFFD)."""
     raw = pathlib.Path(path).read_bytes()
-    replaced = 0
-
-    def count_and_replace(error):
-        nonlocal replaced
-        replaced += 1
-        return "\ufffd", error.end
-
-    handler = f"count_and_replace_{id(count_and_replace)}"
-    codecs.register_error(handler, count_and_replace)
-    text = raw.decode("utf-8", errors=handler)
+    text = raw.decode("utf-8", errors="replace")
+    replaced = text.count("\ufffd") - raw.count("\ufffd".encode())  # Each invalid sequence becomes one U+FFFD.
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # The final line end closes the last line; it does not open an empty one.
