@@ -12,20 +12,7 @@ import pytest
 
 import build_data
 import data_utils
-from conftest import REPO_ROOT, SHARED_WIKITEXT2
-
-WORDS = "the of and in to a was is for on as with by he at from his an were are".split()
-
-
-def write_corpus(folder, lines_per_split=(300, 40, 40), seed=0):
-    """A small train/valid/test corpus of random words, WikiText-like (leading space, empty lines)."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, num_lines in zip(data_utils.SPLITS, lines_per_split):
-        lines = [" " + " ".join(rng.choice(WORDS, rng.integers(0, 30))) + " " for _ in range(num_lines)]
-        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return folder
-
+from conftest import REPO_ROOT, SHARED_WIKITEXT2, write_corpus
 
 def run_build(*args):
     return subprocess.run([sys.executable, str(REPO_ROOT / "build_data.py"), *args], capture_output=True, text=True,

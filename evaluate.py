@@ -1,0 +1,42 @@
+"""Scores a trained model on a whole split: token-level and word-level perplexity.
+
+    python evaluate.py logs/base --split=test --mem_len=64
+
+CHECKPOINT is a run directory (its latest checkpoint), a checkpoint prefix inside one
+(logs/base/checkpoints/ckpt-2699) or an export directory (logs/base/export). --mem_len may be
+longer than in training: relative positional attention has no learned positions.
+"""
+import json
+import sys
+
+from absl import app, flags
+
+import data_utils
+import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("split", "valid", ["valid", "test"], "Split to score.")
+flags.DEFINE_integer("mem_len", None, "Memory length at evaluation (default: the training one).", lower_bound=0)
+flags.DEFINE_string("data_dir", None, "Dataset directory (default: the one the model was trained on).")
+flags.DEFINE_enum("eval_mode", None, ["mix", "argmax"], "SuperNet only: mix candidates with pi, or take each argmax.")
+flags.DEFINE_boolean("jit_compile", True, "Compile the evaluation step with XLA.")
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise app.UsageError("Usage: python evaluate.py CHECKPOINT [--split=valid|test] [--mem_len=M]")
+    overrides = {key: value for key, value in (("mem_len", FLAGS.mem_len), ("eval_mode", FLAGS.eval_mode))
+                 if value is not None}
+    try:
+        model, record = train.load_model(argv[1], **overrides)
+        data_dir = FLAGS.data_dir or record["data_dir"]
+        metadata = data_utils.load_metadata(data_dir)
+        results = train.evaluate(model, data_utils.make_dataset(data_dir, FLAGS.split),
+                                 metadata["splits"][FLAGS.split]["words"], metadata["batch_size"], FLAGS.jit_compile)
+    except (ValueError, data_utils.DataError) as error:
+        sys.exit(f"evaluate.py: error: {error}")
+    print(json.dumps(dict(split=FLAGS.split, mem_len=model.config.mem_len, **results)))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,71 @@
+"""Samples text from a trained model, carrying segment memory from token to token.
+
+    python generate.py logs/base/export --prompt="the meaning of life is" --length=100 --top_k=40
+
+The prompt is read in one segment, then each new token is fed back alone with the memory of the
+previous ones, as Transformer-XL evaluates: context reaches back mem_len positions per block.
+"""
+import pathlib
+import sys
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+import data_utils
+import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("prompt", "", "Text to continue (lowercased if the tokenizer lowercases).")
+flags.DEFINE_integer("length", 100, "Tokens to sample.", lower_bound=1)
+flags.DEFINE_float("temperature", 1.0, "Softmax temperature; lower is more conservative.", lower_bound=1e-6)
+flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens; 0 = all.", lower_bound=0)
+flags.DEFINE_float("top_p", 1.0, "Sample among the smallest set of tokens with this much probability.",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_integer("mem_len", None, "Memory length (default: the training one).", lower_bound=0)
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+
+
+def filter_log_probs(log_probs, top_k=0, top_p=1.0):
+    """Sets to -inf every token outside the top-k and outside the top-p nucleus; [V] -> [V]."""
+    order = np.argsort(-log_probs)
+    keep = np.zeros(len(log_probs), bool)
+    probs = np.exp(log_probs[order] - log_probs[order[0]])
+    cumulative = np.cumsum(probs / probs.sum())
+    nucleus = int(np.searchsorted(cumulative, top_p)) + 1  # The token that crosses top_p is kept.
+    keep[order[: min(nucleus, top_k or len(order))]] = True
+    return np.where(keep, log_probs, -np.inf)
+
+
+def sample(model, prompt_ids, length, temperature=1.0, top_k=0, top_p=1.0, seed=0):
+    """Returns `length` sampled ids following `prompt_ids` (at least one id)."""
+    rng = np.random.default_rng(seed)
+    memory = model.initial_memory(1)
+    log_probs, memory = model.log_probs(tf.constant([prompt_ids], tf.int32), memory)
+    sampled = []
+    for _ in range(length):
+        scores = filter_log_probs(log_probs.numpy()[0, -1] / temperature, top_k, top_p)
+        probs = np.exp(scores - scores.max())
+        sampled.append(int(rng.choice(len(probs), p=probs / probs.sum())))
+        log_probs, memory = model.log_probs(tf.constant([[sampled[-1]]], tf.int32), memory)
+    return sampled
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise app.UsageError("Usage: python generate.py CHECKPOINT --prompt=TEXT [--length=N]")
+    try:
+        model, record = train.load_model(argv[1], **({"mem_len": FLAGS.mem_len} if FLAGS.mem_len is not None else {}))
+        exported = pathlib.Path(argv[1]) / data_utils.TOKENIZER_FILE
+        tokenizer = data_utils.Tokenizer.load(exported.parent if exported.is_file() else record["data_dir"])
+    except (ValueError, data_utils.DataError) as error:
+        sys.exit(f"generate.py: error: {error}")
+    # An empty prompt starts a new line, as after any line of the corpus.
+    prompt = tokenizer.encode(tf.constant([FLAGS.prompt])).flat_values.numpy().tolist()
+    prompt = prompt[:-1] if FLAGS.prompt else prompt  # Continue the prompt's line rather than ending it.
+    ids = sample(model, prompt, FLAGS.length, FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.seed)
+    print(tokenizer.decode(tf.constant(prompt + ids)).numpy().decode())
+
+
+if __name__ == "__main__":
+    app.run(main)

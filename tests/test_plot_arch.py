@@ -1,0 +1,26 @@
+"""plot_arch.py: one GIF frame per logged step, and the derived architecture string."""
+import json
+
+import numpy as np
+from PIL import Image
+
+import plot_arch
+
+
+def test_gif_has_one_frame_per_record_and_derives_the_architecture(tmp_path):
+    rng = np.random.default_rng(0)
+    records = []
+    for step in range(1, 8):
+        pi = rng.dirichlet(np.ones(3), size=4)
+        records.append(dict(step=step * 100, tau=1.0 / step, pi=pi.tolist()))
+    (tmp_path / plot_arch.PI_HISTORY_FILE).write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    architecture = plot_arch.plot_history(tmp_path)
+    assert architecture == "".join("ADI"[int(np.argmax(row))] for row in records[-1]["pi"])
+    with Image.open(tmp_path / "pi.gif") as gif:
+        assert gif.n_frames == len(records)
+    assert Image.open(tmp_path / "pi.png").size[0] > 0
+
+
+def test_derived_architecture_reads_the_argmax_of_each_block():
+    pi = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]
+    assert plot_arch.derived_architecture(pi) == "ADI"

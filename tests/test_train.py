@@ -1,0 +1,175 @@
+"""train.py, evaluate.py and generate.py: learning, exact resume, the NaN guard and the whole loop."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import data_utils
+import generate
+import train
+from conftest import REPO_ROOT, write_corpus
+from model import ModelConfig
+
+TINY_MODEL = dict(d_model=16, num_heads=2, d_ffn=32, num_layers=3, mem_len=4, dropout_rate=0.1)
+TINY_FLAGS = ["--d_model=16", "--num_heads=2", "--d_ffn=32", "--num_layers=3", "--mem_len=4", "--cutoffs=10,20"]
+
+
+def write_stream_dataset(directory, stream, vocab_size, batch_size, seq_len):
+    """TFRecords and metadata for a given token stream, the same stream serving every split."""
+    directory.mkdir(parents=True)
+    windows = data_utils.context_batch(np.asarray(stream, np.int64), batch_size, seq_len)
+    splits = {split: dict(files=data_utils.write_tfrecords(windows, directory, split), batches=len(windows),
+                          words=len(stream)) for split in data_utils.SPLITS}
+    metadata = dict(vocab_size=vocab_size, batch_size=batch_size, seq_len=seq_len, splits=splits,
+                    settings=dict(source="synthetic"))
+    (directory / data_utils.METADATA_FILE).write_text(json.dumps(metadata))
+    return directory
+
+
+def test_loss_falls_near_zero_on_a_repeating_pattern(tmp_path):
+    pattern = [2, 7, 3, 9, 5, 4, 8]  # Period 7: each token is determined by the previous one.
+    data_dir = write_stream_dataset(tmp_path / "data", pattern * 300, vocab_size=12, batch_size=4, seq_len=8)
+    model_config = ModelConfig(vocab_size=12, cutoffs=(), **{**TINY_MODEL, "dropout_rate": 0.0})
+    config = train.TrainConfig(epochs=4, max_lr=3e-3, warmup_steps=10, clip_norm=1.0)
+    results = train.train_and_evaluate(model_config, config, data_dir, tmp_path / "run",
+                                       train.RunOptions(log_every=20, checkpoint_every=1000))
+    assert results["valid_loss"] < 0.05, results
+
+
+def read_scalars(event_dir, tag):
+    """{step: value} of a TensorBoard scalar across every event file in the directory."""
+    values = {}
+    for path in sorted(event_dir.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+@pytest.mark.slow
+def test_paused_and_resumed_run_matches_uninterrupted_run(tmp_path):
+    data_dir = write_stream_dataset(tmp_path / "data", np.random.default_rng(0).integers(1, 30, 1200),
+                                    vocab_size=30, batch_size=4, seq_len=8)  # 37 batches per epoch.
+    model_config = ModelConfig(vocab_size=30, cutoffs=(8, 16), **TINY_MODEL)
+    config = train.TrainConfig(epochs=2, max_lr=1e-3, warmup_steps=5)
+    options = train.RunOptions(log_every=1, checkpoint_every=1000)
+    straight = train.train_and_evaluate(model_config, config, data_dir, tmp_path / "straight", options)
+    paused = dict(options.__dict__, stop_after_steps=23)  # Mid-epoch: memory and data position must survive.
+    assert train.train_and_evaluate(model_config, config, data_dir, tmp_path / "resumed", train.RunOptions(**paused)) == {}
+    with open(tmp_path / "resumed" / "pi_history.jsonl", "a") as f:  # As if killed at step 25, after checkpoint 23.
+        f.write(json.dumps(dict(step=24, tau=0.5, pi=[[1, 0, 0]] * 3)) + "\n")
+    resumed = train.train_and_evaluate(model_config, config, data_dir, tmp_path / "resumed", options)
+    pi_histories = [[json.loads(line) for line in (tmp_path / run / "pi_history.jsonl").read_text().splitlines()]
+                    for run in ("straight", "resumed")]
+    assert [r["step"] for r in pi_histories[1]] == [r["step"] for r in pi_histories[0]] == list(range(1, 75))
+    np.testing.assert_allclose([r["pi"] for r in pi_histories[1]], [r["pi"] for r in pi_histories[0]], atol=1e-6)
+    for tag in ("loss", "tau", "learning_rate"):
+        expected = read_scalars(tmp_path / "straight" / "train", tag)
+        actual = read_scalars(tmp_path / "resumed" / "train", tag)
+        assert sorted(actual) == sorted(expected) == list(range(1, 75))
+        np.testing.assert_allclose([actual[s] for s in expected], list(expected.values()), rtol=1e-6, err_msg=tag)
+    assert resumed["valid_perplexity"] == pytest.approx(straight["valid_perplexity"], rel=1e-6)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    data_dir = write_stream_dataset(tmp_path / "data", np.arange(600) % 20, vocab_size=20, batch_size=2, seq_len=8)
+    trainer = train.Trainer(ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL), train.TrainConfig(epochs=1),
+                            steps_per_epoch=37, batch_size=2)
+    manager = tf.train.CheckpointManager(trainer.checkpoint, tmp_path / "checkpoints", max_to_keep=3)
+    batches = iter(data_utils.make_dataset(data_dir, "train"))
+    trainer.train_step(*next(batches))
+    trainer.check_finite()
+    good = manager.save(checkpoint_number=1)
+    embedding = trainer.model.weight_variables[0]
+    embedding.assign(tf.fill(embedding.shape, float("inf")))  # Injected overflow.
+    trainer.train_step(*next(batches))
+    with pytest.raises(train.NonFiniteLossError, match="at step 2"):
+        trainer.check_finite()
+    assert manager.latest_checkpoint == good
+
+
+def test_bad_flags_fail_before_training_with_one_line(tmp_path):
+    data_dir = write_stream_dataset(tmp_path / "data", np.arange(600) % 20, vocab_size=20, batch_size=2, seq_len=8)
+    cases = [(["--num_heads=3"], "num_heads"), (["--cutoffs=10,25"], "25"),
+             ([f"--data_dir={tmp_path / 'missing'}"], "create_tfrecords")]
+    for extra, fragment in cases:
+        result = subprocess.run([sys.executable, "train.py", f"--data_dir={data_dir}", f"--logdir={tmp_path / 'logs'}",
+                                 "--d_model=16", "--cutoffs=", *extra], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode != 0
+        errors = [line for line in result.stderr.splitlines() if line.startswith("train.py: error:")]
+        assert len(errors) == 1 and fragment in errors[0], result.stderr
+        assert not list((tmp_path / "logs").glob("*/checkpoints"))
+
+
+def test_filter_log_probs_keeps_top_k_and_the_nucleus():
+    log_probs = np.log(np.array([0.05, 0.5, 0.1, 0.3, 0.05]))
+    assert np.isfinite(generate.filter_log_probs(log_probs, top_k=2)).nonzero()[0].tolist() == [1, 3]
+    # The nucleus of 0.75: 0.5 + 0.3 crosses it, so both are kept and nothing else.
+    assert np.isfinite(generate.filter_log_probs(log_probs, top_p=0.75)).nonzero()[0].tolist() == [1, 3]
+    assert np.isfinite(generate.filter_log_probs(log_probs, top_p=0.85)).nonzero()[0].tolist() == [1, 2, 3]
+    assert np.isfinite(generate.filter_log_probs(log_probs)).all()
+
+
+def run_script(*args):
+    result = subprocess.run([str(arg) for arg in args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_shell_scripts_run_the_whole_loop(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    data_dir, log_dir = tmp_path / "data", tmp_path / "logs"
+    run_script("./create_tfrecords.sh", f"--input_text={corpus}", f"--output_dir={data_dir}", "--vocab_size=40",
+               "--batch_size=4", "--seq_len=8")
+    run_script("./base_model.sh", f"--data_dir={data_dir}", f"--logdir={log_dir}", "--epochs=2", *TINY_FLAGS,
+               "--warmup_steps=5", "--log_every=5", "--checkpoint_every=20")
+    run_dir = log_dir / "base"
+    results = json.loads((run_dir / "results.json").read_text())
+    for key in ("valid_perplexity", "valid_word_perplexity", "valid_argmax_perplexity", "test_perplexity",
+                "test_word_perplexity"):
+        assert math.isfinite(results[key]) and results[key] > 1, key
+    assert len(results["derived_architecture"]) == 3
+    log = (run_dir / "training_log.log").read_text()
+    assert "Parameters:" in log and "validation:" in log and "test:" in log and "tokens_per_second" in log
+    assert list((run_dir / "train").glob("events.out.tfevents.*")) and list((run_dir / "valid").glob("events.*"))
+    assert tf.train.latest_checkpoint(run_dir / "checkpoints") and tf.train.latest_checkpoint(run_dir / "checkpoints" / "best")
+    history = (run_dir / "pi_history.jsonl").read_text().splitlines()
+    with Image.open(run_dir / "pi.gif") as gif:
+        assert gif.n_frames == len(history) > 1
+    assert (run_dir / "pi.png").is_file()
+
+    # evaluate.py reproduces the loop's final validation perplexity, from the checkpoint and from the export.
+    for source in (run_dir, run_dir / "export"):
+        scored = json.loads(run_script(sys.executable, "evaluate.py", source, "--split=valid").splitlines()[-1])
+        assert scored["perplexity"] == pytest.approx(results["valid_perplexity"], rel=1e-5)
+    longer = json.loads(run_script(sys.executable, "evaluate.py", run_dir, "--split=test", "--mem_len=12").splitlines()[-1])
+    assert longer["mem_len"] == 12 and math.isfinite(longer["perplexity"])
+    text = run_script(sys.executable, "generate.py", run_dir / "export", "--prompt=the", "--length=10", "--top_k=5")
+    assert text.strip().startswith("the")
+
+
+@pytest.mark.slow
+def test_notebook_runs_headless_with_a_tiny_configuration(tmp_path):
+    import nbclient
+    import nbformat
+
+    corpus = write_corpus(tmp_path / "corpus")
+    notebook = nbformat.read(REPO_ROOT / "colab.ipynb", as_version=4)
+    parameters = next(cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", []))
+    parameters.source += (
+        f"\nDATA_DIR = '{tmp_path / 'data'}'\nLOG_DIR = '{tmp_path / 'logs'}'"
+        f"\nDATA_FLAGS = '--input_text={corpus} --vocab_size=40 --batch_size=4 --seq_len=8'"
+        f"\nTRAIN_FLAGS = '{' '.join(TINY_FLAGS)} --warmup_steps=5 --log_every=5'"
+        "\nSHOW_TENSORBOARD = False"
+    )
+    nbclient.NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(REPO_ROOT)}}).execute()
+    outputs = "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs)
+    assert "Derived architecture" in outputs and "perplexity" in outputs

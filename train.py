@@ -1,0 +1,504 @@
+"""Trains a PAR Transformer-XL SuperNet (or a fixed architecture) on context-batched TFRecords.
+
+    python train.py --data_dir=data/tfrecords --model_name=base     # or ./base_model.sh
+
+Everything a run writes lives in logs/<model_name>/: TensorBoard events (train/, valid/),
+training_log.log, config.json, checkpoints/ (latest and best/), pi_history.jsonl, pi.gif/pi.png
+and export/ (config and weights for evaluate.py and generate.py). Rerunning the same command
+resumes from the latest checkpoint exactly: same step, lr, tau, memory, RNG and next batch.
+
+Perplexity is exp(total NLL / total scored tokens) over a whole split, never a mean of per-batch
+perplexities; word-level perplexity divides the same total NLL by the split's word count.
+"""
+import dataclasses
+import functools
+import json
+import logging
+import math
+import pathlib
+import shutil
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import data_utils
+import plot_arch
+from gumbel import ExponentialTauSchedule
+from model import Memory, ModelConfig, TransformerXL, count_parameters, flops_per_token
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping settings; each default is written here only."""
+
+    epochs: int = 20  # Passes over the training split.
+    max_lr: float = 1e-4  # Peak learning rate of the weights, reached after warmup.
+    warmup_steps: int = 4000  # Linear warmup from 0, then cosine decay to 0 at the last step.
+    opt_name: str = "adam"  # adam | adamw | sgd, for the weights.
+    weight_decay: float = 0.0  # adamw only; never applied to the architecture logits.
+    clip_norm: float = 0.25  # Global-norm gradient clipping of the weights (Transformer-XL's value); 0 disables.
+    arch_lr: float = 1e-3  # Constant Adam learning rate of the architecture logits.
+    tau_start: float = 1.0  # Gumbel-softmax temperature at step 0 ...
+    tau_end: float = 0.1  # ... annealed exponentially to this at the last step.
+    seed: int = 0  # Seeds weights, dropout and Gumbel noise.
+    jit_compile: bool = True  # Compile the train and eval steps with XLA.
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """How often to log and save; these may change between a run and its resumption."""
+
+    log_every: int = 100  # Steps between loss/perplexity/tau/lr/tokens-per-second logs and pi records.
+    checkpoint_every: int = 1000  # Steps between checkpoints (one is also saved at each epoch's end).
+    stop_after_steps: int = 0  # Save and stop once this global step is reached (a planned pause); 0 = never.
+    eval_batches: int = 0  # Limit validation/test to this many batches (quick runs); 0 = whole split.
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf; the message names the step."""
+
+
+def make_weight_optimizer(config, total_steps):
+    """The weights' optimizer with Keras' warmup + cosine decay schedule."""
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=max(total_steps - config.warmup_steps, 1),
+        warmup_target=config.max_lr,
+        warmup_steps=config.warmup_steps,
+    )
+    clip = {"global_clipnorm": config.clip_norm} if config.clip_norm > 0 else {}
+    if config.opt_name == "adam":
+        return keras.optimizers.Adam(schedule, **clip)
+    if config.opt_name == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay, **clip)
+    if config.opt_name == "sgd":
+        return keras.optimizers.SGD(schedule, **clip)
+    raise ValueError(f"--opt_name {config.opt_name!r}: expected adam, adamw or sgd.")
+
+
+class Trainer:
+    """The model, its two optimizers, the schedules and every piece of state a checkpoint must hold.
+
+    The memory of the previous segment lives in variables, so it survives from one compiled step
+    to the next (and into checkpoints) without leaving the device.
+    """
+
+    def __init__(self, model_config, config, steps_per_epoch, batch_size):
+        keras.utils.set_random_seed(config.seed)
+        self.config = config
+        self.model = TransformerXL(model_config)
+        self.total_steps = config.epochs * steps_per_epoch
+        self.weight_optimizer = make_weight_optimizer(config, self.total_steps)
+        self.arch_optimizer = keras.optimizers.Adam(config.arch_lr)
+        self.tau_schedule = ExponentialTauSchedule(config.tau_start, config.tau_end, self.total_steps)
+        memory = self.model.initial_memory(batch_size)
+        self.model(tf.zeros([batch_size, 1], tf.int32), memory)  # Builds every weight before optimizers see them.
+        self.weight_optimizer.build(self.model.weight_variables)
+        if self.model.arch_variables:
+            self.arch_optimizer.build(self.model.arch_variables)
+        self.memory_states = tf.Variable(memory.states, trainable=False, name="memory_states")
+        self.memory_valid = tf.Variable(memory.valid_length, trainable=False, name="memory_valid_length")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.batch_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="batch_in_epoch")
+        self.nll_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="interval_nll_sum")
+        self.token_count = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="interval_token_count")
+        self.first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="first_non_finite_step")
+        self.train_step = tf.function(self._train_step, jit_compile=config.jit_compile)
+        # Keras 3 layers are not all tracked by tf.train.Checkpoint, so the model's variables
+        # (weights, arch logits, RNG states) are saved as one ordered list.
+        self.checkpoint = tf.train.Checkpoint(
+            model_variables=list(self.model.variables),
+            weight_optimizer=self.weight_optimizer,
+            arch_optimizer=self.arch_optimizer,
+            memory_states=self.memory_states,
+            memory_valid=self.memory_valid,
+            epoch=self.epoch,
+            batch_in_epoch=self.batch_in_epoch,
+            nll_sum=self.nll_sum,
+            token_count=self.token_count,
+        )
+
+    @property
+    def step(self):
+        return self.weight_optimizer.iterations
+
+    def tau(self):
+        return self.tau_schedule(self.step)
+
+    def learning_rate(self):
+        return self.weight_optimizer.learning_rate
+
+    def reset_memory(self):
+        memory = self.model.initial_memory(int(self.memory_states.shape[1]))
+        self.memory_states.assign(memory.states)
+        self.memory_valid.assign(memory.valid_length)
+
+    def _train_step(self, inputs, targets):
+        memory = Memory(self.memory_states, self.memory_valid)
+        weights, arch = self.model.weight_variables, self.model.arch_variables
+        with tf.GradientTape() as tape:
+            nll, new_memory = self.model.token_nll(inputs, targets, memory, tau=self.tau(), training=True)
+            scored = tf.reduce_sum(tf.cast(tf.not_equal(targets, data_utils.PAD_ID), tf.float32))
+            loss = tf.reduce_sum(nll) / tf.maximum(scored, 1.0)
+        gradients = tape.gradient(loss, weights + arch)
+        self.weight_optimizer.apply(gradients[: len(weights)], weights)
+        if arch:
+            self.arch_optimizer.apply(gradients[len(weights):], arch)
+        self.memory_states.assign(new_memory.states)
+        self.memory_valid.assign(new_memory.valid_length)
+        self.batch_in_epoch.assign_add(1)
+        self.nll_sum.assign_add(tf.cast(tf.reduce_sum(nll), tf.float64))
+        self.token_count.assign_add(tf.cast(scored, tf.float64))
+        bad = tf.logical_and(self.first_bad_step < 0, tf.logical_not(tf.math.is_finite(loss)))
+        # After apply(), iterations is this step's 1-based number, as logged.
+        self.first_bad_step.assign(tf.where(bad, tf.cast(self.step, tf.int64), self.first_bad_step))
+        return loss
+
+    def check_finite(self):
+        """Raises NonFiniteLossError if any step since the start had a NaN or inf loss."""
+        bad_step = int(self.first_bad_step.numpy())
+        if bad_step >= 0:
+            raise NonFiniteLossError(f"The training loss became NaN or inf at step {bad_step}.")
+
+    def take_interval_loss(self):
+        """Mean NLL per scored token since the last call, and that count; resets both."""
+        nll, count = float(self.nll_sum.numpy()), float(self.token_count.numpy())
+        self.nll_sum.assign(0.0)
+        self.token_count.assign(0.0)
+        return nll / max(count, 1.0), count
+
+
+@functools.lru_cache(maxsize=None)
+def evaluation_step(model, eval_mode, jit_compile):
+    """A compiled step returning (NLL summed over scored tokens, their count, new memory).
+
+    Cached per model and eval_mode (read when the step is traced), so each compiles once per run.
+    """
+
+    def step(inputs, targets, memory):
+        nll, new_memory = model.token_nll(inputs, targets, memory, training=False)
+        scored = tf.reduce_sum(tf.cast(tf.not_equal(targets, data_utils.PAD_ID), tf.float64))
+        return tf.reduce_sum(tf.cast(nll, tf.float64)), scored, new_memory
+
+    return tf.function(step, jit_compile=jit_compile)
+
+
+def evaluate(model, dataset, words, batch_size, jit_compile=True, max_batches=0):
+    """Token and word perplexity over a split, with memory carried through it from empty."""
+    step = evaluation_step(model, model.eval_mode, jit_compile)
+    memory = model.initial_memory(batch_size)
+    total_nll = tf.constant(0.0, tf.float64)
+    total_tokens = tf.constant(0.0, tf.float64)
+    for inputs, targets in dataset.take(max_batches) if max_batches else dataset:
+        nll, count, memory = step(inputs, targets, memory)
+        total_nll += nll
+        total_tokens += count
+    total_nll, total_tokens = float(total_nll), float(total_tokens)
+    return dict(
+        loss=total_nll / total_tokens,
+        perplexity=math.exp(total_nll / total_tokens),
+        word_perplexity=math.exp(total_nll / words) if not max_batches else float("nan"),
+        tokens=total_tokens,
+    )
+
+
+def evaluate_both_ways(model, dataset, words, batch_size, jit_compile, max_batches):
+    """A SuperNet is scored mixing with pi and with its argmax architecture; their gap shows how settled it is."""
+    results = {"": evaluate(model, dataset, words, batch_size, jit_compile, max_batches)}
+    if model.arch_variables:
+        with model.eval_mode_as("argmax"):
+            results["argmax_"] = evaluate(model, dataset, words, batch_size, jit_compile, max_batches)
+    return {prefix + key: value for prefix, result in results.items() for key, value in result.items()}
+
+
+def config_record(model_config, config, data_dir, metadata):
+    return dict(model=dataclasses.asdict(model_config), train=dataclasses.asdict(config),
+                data=dict(vocab_size=metadata["vocab_size"], batch_size=metadata["batch_size"],
+                          seq_len=metadata["seq_len"], source=metadata["settings"]),
+                data_dir=str(pathlib.Path(data_dir).resolve()))
+
+
+def check_or_save_config(run_dir, record):
+    """Saves the run's config beside its checkpoints; refuses to resume a run made with another.
+
+    The dataset is compared by content (its build settings and sources), not by its path.
+    """
+    path = run_dir / "config.json"
+    record = json.loads(json.dumps(record))  # Tuples become lists, as they do on disk.
+    if not path.is_file():
+        path.write_text(json.dumps(record, indent=1))
+        return
+    saved = json.loads(path.read_text())
+    changed = [f"{part}.{key}: {saved.get(part, {}).get(key)} -> {value}"
+               for part in ("model", "train", "data") for key, value in record[part].items()
+               if saved.get(part, {}).get(key) != value]
+    if changed:
+        raise ValueError(f"{run_dir} holds a run with another config ({'; '.join(changed)}); "
+                         f"use another --model_name, or delete {run_dir} to start over.")
+
+
+def make_logger(run_dir):
+    """Logs to the console and to training_log.log in the run directory."""
+    logger = logging.getLogger(f"train.{run_dir}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not logger.handlers:
+        console, file = logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "training_log.log")
+        # On a terminal the progress bar holds the current line; start each message below it.
+        console.setFormatter(logging.Formatter(("\n" if sys.stdout.isatty() else "") + "%(asctime)s %(message)s"))
+        file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(console)
+        logger.addHandler(file)
+    return logger
+
+
+def write_pi(trainer, run_dir, writer, step):
+    """Appends pi to the history and logs each block's probabilities to TensorBoard."""
+    pi = trainer.model.arch_probabilities()
+    tau = float(trainer.tau())
+    with open(run_dir / plot_arch.PI_HISTORY_FILE, "a") as f:
+        f.write(json.dumps(dict(step=step, tau=tau, pi=np.round(pi, 6).tolist())) + "\n")
+    with writer.as_default(step=step):
+        for block, row in enumerate(pi):
+            for name, value in zip(plot_arch.CANDIDATES, row):
+                tf.summary.scalar(f"pi/block_{block}/{name}", value)
+    return pi
+
+
+def forget_pi_after(path, step):
+    """Drops pi records a killed run wrote after its last checkpoint; the resumed run writes them again."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def export(model, run_dir, data_dir):
+    """Writes run_dir/export: the run's config, the weights and the tokenizer, all that
+    evaluate.py and generate.py need."""
+    directory = run_dir / "export"
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "config.json", directory / "config.json")
+    model.save_weights(str(directory / "model.weights.h5"))
+    for name in (data_utils.METADATA_FILE, data_utils.TOKENIZER_FILE):
+        if (pathlib.Path(data_dir) / name).is_file():  # Synthetic datasets have no tokenizer.
+            shutil.copyfile(pathlib.Path(data_dir) / name, directory / name)
+
+
+def build_model(model_config):
+    model = TransformerXL(model_config)
+    model(tf.zeros([1, 1], tf.int32), model.initial_memory(1))  # Creates the weights.
+    return model
+
+
+def load_model(path, **overrides):
+    """Rebuilds a trained model from an export directory, a run directory or a checkpoint prefix.
+
+    `overrides` change config fields that hold no weights, e.g. a longer mem_len for evaluation.
+    Returns (model, the run's config record, whose "data_dir" is the dataset it was trained on).
+    """
+    path = pathlib.Path(path)
+    run_dir = path if (path / "config.json").is_file() else path.parent.parent
+    if not (run_dir / "config.json").is_file():
+        raise ValueError(f"{path}: neither an export directory, a run directory nor a checkpoint in one.")
+    record = json.loads((run_dir / "config.json").read_text())
+    model = build_model(ModelConfig(**{**record["model"], **overrides}))
+    if (path / "model.weights.h5").is_file():
+        model.load_weights(str(path / "model.weights.h5"))
+        return model, record
+    checkpoint = tf.train.latest_checkpoint(run_dir / "checkpoints") if path == run_dir else str(path)
+    if checkpoint is None:
+        raise ValueError(f"{run_dir}: no checkpoint yet.")
+    tf.train.Checkpoint(model_variables=list(model.variables)).restore(checkpoint).expect_partial()
+    return model, record
+
+
+def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptions()):
+    """Trains, validating every epoch, then tests and exports. Resumes from run_dir if it holds a checkpoint.
+
+    Returns a dict of the final validation and test results (or {} when stopped early on purpose).
+    """
+    metadata = data_utils.load_metadata(data_dir)
+    run_dir = pathlib.Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_or_save_config(run_dir, config_record(model_config, config, data_dir, metadata))
+    log = make_logger(run_dir)
+    batch_size, seq_len = metadata["batch_size"], metadata["seq_len"]
+    steps_per_epoch = metadata["splits"]["train"]["batches"]
+    trainer = Trainer(model_config, config, steps_per_epoch, batch_size)
+    model = trainer.model
+    manager = tf.train.CheckpointManager(trainer.checkpoint, run_dir / "checkpoints", max_to_keep=2)
+    best_manager = tf.train.CheckpointManager(trainer.checkpoint, run_dir / "checkpoints" / "best", max_to_keep=1)
+    best_path = run_dir / "checkpoints" / "best" / "best_valid.json"
+    best_loss = json.loads(best_path.read_text())["loss"] if best_path.is_file() else float("inf")
+    if manager.latest_checkpoint:
+        trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log.info("Resumed from %s at step %d.", manager.latest_checkpoint, int(trainer.step))
+        forget_pi_after(run_dir / plot_arch.PI_HISTORY_FILE, int(trainer.step))
+    else:
+        log.info("Config: %s", json.dumps(config_record(model_config, config, data_dir, metadata)))
+        log.info("Parameters: %s", count_parameters(model))
+        log.info("FLOPs per token: training %.3g, inference %.3g",
+                 flops_per_token(model_config, seq_len, training=True), flops_per_token(model_config, seq_len))
+        model.summary(print_fn=log.info)
+    writers = {name: tf.summary.create_file_writer(str(run_dir / name)) for name in ("train", "valid")}
+
+    def check_finite():
+        try:
+            trainer.check_finite()
+        except NonFiniteLossError as error:
+            raise NonFiniteLossError(f"{error} Stopped; the last good checkpoint is "
+                                     f"{manager.latest_checkpoint or 'none (none was saved)'}.") from None
+
+    def save(target_manager=manager):
+        check_finite()  # Never let a NaN overwrite the last good checkpoint.
+        return target_manager.save(checkpoint_number=int(trainer.step))
+
+    def validate(step):
+        results = evaluate_both_ways(model, data_utils.make_dataset(data_dir, "valid"),
+                                     metadata["splits"]["valid"]["words"], batch_size, config.jit_compile,
+                                     options.eval_batches)
+        log.info("step %d validation: %s", step, json.dumps({k: round(v, 4) for k, v in results.items()}))
+        with writers["valid"].as_default(step=step):
+            for key, value in results.items():
+                tf.summary.scalar(key, value)
+            if model.arch_variables:
+                png = plot_arch.render_pi(model.arch_probabilities(), f"step {step}")
+                tf.summary.image("pi", tf.image.decode_png(png)[None])
+        return results
+
+    step = int(trainer.step)
+    interval_start = time.time()
+    valid = None  # The last epoch's validation, reused for the final results.
+    for epoch in range(int(trainer.epoch), config.epochs):
+        done_in_epoch = int(trainer.batch_in_epoch)
+        if done_in_epoch == 0:
+            trainer.reset_memory()
+        log.info("Epoch %d/%d from batch %d.", epoch + 1, config.epochs, done_in_epoch)
+        progress = keras.utils.Progbar(steps_per_epoch, unit_name="step")
+        for inputs, targets in data_utils.make_dataset(data_dir, "train").skip(done_in_epoch):
+            trainer.train_step(inputs, targets)
+            step += 1
+            done_in_epoch += 1
+            if step % options.log_every == 0:
+                check_finite()
+                loss, tokens = trainer.take_interval_loss()
+                tokens_per_second = tokens / (time.time() - interval_start)
+                interval_start = time.time()
+                scalars = dict(loss=loss, perplexity=math.exp(min(loss, 50.0)), tau=float(trainer.tau()),
+                               learning_rate=float(trainer.learning_rate()), tokens_per_second=tokens_per_second)
+                with writers["train"].as_default(step=step):
+                    for key, value in scalars.items():
+                        tf.summary.scalar(key, value)
+                log.info("step %d %s", step, " ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+                if model.arch_variables:
+                    write_pi(trainer, run_dir, writers["train"], step)
+                progress.update(done_in_epoch, [("loss", loss)])
+            if step % options.checkpoint_every == 0:
+                save()
+            if options.stop_after_steps and step >= options.stop_after_steps:
+                save()
+                log.info("Stopped at step %d as asked; rerun the same command to resume.", step)
+                return {}
+        trainer.epoch.assign_add(1)
+        trainer.batch_in_epoch.assign(0)
+        valid = validate(step)
+        save()
+        if valid["loss"] < best_loss:
+            best_loss = valid["loss"]
+            save(best_manager)
+            best_path.write_text(json.dumps(dict(step=step, **valid)))
+
+    check_finite()
+    results = {"valid_" + k: v for k, v in (valid or validate(step)).items()}
+    test = evaluate_both_ways(model, data_utils.make_dataset(data_dir, "test"), metadata["splits"]["test"]["words"],
+                              batch_size, config.jit_compile, options.eval_batches)
+    log.info("test: %s", json.dumps({k: round(v, 4) for k, v in test.items()}))
+    with writers["valid"].as_default(step=step):
+        for key, value in test.items():
+            tf.summary.scalar("test_" + key, value)
+    results.update({"test_" + k: v for k, v in test.items()})
+    export(model, run_dir, data_dir)
+    if model.arch_variables and (run_dir / plot_arch.PI_HISTORY_FILE).is_file():
+        architecture = plot_arch.plot_history(run_dir)
+        log.info("Derived architecture: --architecture=%s (pi.gif and pi.png in %s)", architecture, run_dir)
+        results["derived_architecture"] = architecture
+    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    for writer in writers.values():
+        writer.flush()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+
+def define_flags():
+    """Flags mirror ModelConfig, TrainConfig and RunOptions; their defaults come from there."""
+    from absl import flags
+
+    model, train, run = ModelConfig(vocab_size=1), TrainConfig(), RunOptions()
+    flags.DEFINE_string("data_dir", "data/tfrecords", "Dataset built by ./create_tfrecords.sh.")
+    flags.DEFINE_string("logdir", "logs", "Runs go to LOGDIR/MODEL_NAME (as in tensorboard --logdir).")
+    flags.DEFINE_string("model_name", "base", "Name of the run (its directory under --logdir).")
+    flags.DEFINE_integer("d_model", model.d_model, "Width of the residual stream.")
+    flags.DEFINE_integer("num_heads", model.num_heads, "Attention heads.")
+    flags.DEFINE_integer("d_ffn", model.d_ffn, "Inner width of the dense (feed-forward) blocks.")
+    flags.DEFINE_integer("num_layers", model.num_layers, "Stochastic blocks of the SuperNet.")
+    flags.DEFINE_integer("mem_len", model.mem_len, "Positions of memory per attention block.")
+    flags.DEFINE_float("dropout_rate", model.dropout_rate, "Dropout on embeddings and block outputs.")
+    flags.DEFINE_float("attention_dropout_rate", model.attention_dropout_rate, "Dropout on attention weights.")
+    flags.DEFINE_list("cutoffs", [str(c) for c in model.cutoffs], "Adaptive softmax cutoffs; empty = full softmax.")
+    flags.DEFINE_integer("proj_factor", model.proj_factor, "Each tail cluster's projection shrinks by this factor.")
+    flags.DEFINE_list("proj_dims", None, "Explicit projection size per tail cluster (overrides --proj_factor).")
+    flags.DEFINE_string("architecture", model.architecture, "Fixed architecture, e.g. AADDDI; unset = SuperNet.")
+    flags.DEFINE_boolean("pre_norm", model.pre_norm, "Layer norm before each block instead of after.")
+    flags.DEFINE_boolean("straight_through", model.straight_through, "Hard one-hot Gumbel samples, soft gradients.")
+    flags.DEFINE_boolean("gumbel_per_example", model.gumbel_per_example, "One Gumbel sample per example, not per step.")
+    for field in dataclasses.fields(TrainConfig):
+        define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_boolean,
+                  str: flags.DEFINE_string}[field.type]
+        define(field.name, getattr(train, field.name), f"See TrainConfig.{field.name} in train.py.")
+    for field in dataclasses.fields(RunOptions):
+        flags.DEFINE_integer(field.name, getattr(run, field.name), f"See RunOptions.{field.name} in train.py.")
+    return flags.FLAGS
+
+
+def configs_from_flags(flag_values, vocab_size):
+    model = ModelConfig(
+        vocab_size=vocab_size, d_model=flag_values.d_model, num_heads=flag_values.num_heads,
+        d_ffn=flag_values.d_ffn, num_layers=flag_values.num_layers, mem_len=flag_values.mem_len,
+        dropout_rate=flag_values.dropout_rate, attention_dropout_rate=flag_values.attention_dropout_rate,
+        cutoffs=tuple(int(c) for c in flag_values.cutoffs), proj_factor=flag_values.proj_factor,
+        proj_dims=tuple(int(d) for d in flag_values.proj_dims) if flag_values.proj_dims else None,
+        architecture=flag_values.architecture or None, pre_norm=flag_values.pre_norm,
+        straight_through=flag_values.straight_through, gumbel_per_example=flag_values.gumbel_per_example,
+    )
+    train = TrainConfig(**{f.name: getattr(flag_values, f.name) for f in dataclasses.fields(TrainConfig)})
+    run = RunOptions(**{f.name: getattr(flag_values, f.name) for f in dataclasses.fields(RunOptions)})
+    return model, train, run
+
+
+def main(argv):
+    flag_values = FLAGS
+    if len(argv) > 1:
+        sys.exit(f"train.py: error: unexpected arguments {argv[1:]}")
+    try:
+        metadata = data_utils.load_metadata(flag_values.data_dir)
+        model_config, config, options = configs_from_flags(flag_values, metadata["vocab_size"])
+        make_weight_optimizer(config, 1)  # Rejects a bad --opt_name before any work.
+        results = train_and_evaluate(model_config, config, flag_values.data_dir,
+                                     pathlib.Path(flag_values.logdir) / flag_values.model_name, options)
+    except (ValueError, NonFiniteLossError, data_utils.DataError) as error:
+        sys.exit(f"train.py: error: {error}")
+    if results:
+        print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    FLAGS = define_flags()
+    app.run(main)
