@@ -45,12 +45,18 @@ class AdaptiveSoftmax(keras.layers.Layer):
         plain softmax.
       proj_factor / proj_dims: tail projection widths (see tail_projection_dims).
       pad_id: labels equal to it score 0 and pass no gradient.
+      tied_embedding: optional Embedding layer [vocab_size, D] whose first shortlist rows serve as
+        the shortlist's output weights (all rows for a plain softmax). Tails stay untied: their
+        narrower projections do not match the embedding's width. Not part of get_config: the
+        owner passes it again.
 
     Logits are cast to float32 before any softmax, whatever the compute dtype.
     """
 
-    def __init__(self, vocab_size, cutoffs=(), proj_factor=4, proj_dims=None, pad_id=0, **kwargs):
+    def __init__(self, vocab_size, cutoffs=(), proj_factor=4, proj_dims=None, pad_id=0, tied_embedding=None, **kwargs):
         super().__init__(**kwargs)
+        # A getter, not the layer: Keras would track the embedding as a sublayer and count its weights twice.
+        self._tied_weights = (lambda: tied_embedding.embeddings) if tied_embedding is not None else None
         self.vocab_size = vocab_size
         self.cutoffs = check_cutoffs(cutoffs, vocab_size)
         self.proj_factor = proj_factor
@@ -64,7 +70,8 @@ class AdaptiveSoftmax(keras.layers.Layer):
         d_model = input_shape[-1]
         head_size = self.shortlist_size + len(self.clusters)
         init = keras.initializers.RandomNormal(stddev=0.02)
-        self.head_kernel = self.add_weight((d_model, head_size), init, name="head_kernel")
+        own_columns = len(self.clusters) if self._tied_weights else head_size
+        self.head_kernel = self.add_weight((d_model, own_columns), init, name="head_kernel")
         self.head_bias = self.add_weight((head_size,), "zeros", name="head_bias")
         self.tail_projections, self.tail_kernels, self.tail_biases = [], [], []
         dims = tail_projection_dims(d_model, len(self.clusters), self.proj_factor, self.proj_dims)
@@ -80,7 +87,11 @@ class AdaptiveSoftmax(keras.layers.Layer):
 
     def _head_log_probs(self, hidden):
         """[..., D] -> [..., shortlist + num_tails] float32."""
-        return tf.nn.log_softmax(tf.cast(self._affine(hidden, self.head_kernel, self.head_bias), tf.float32))
+        logits = self._affine(hidden, self.head_kernel)
+        if self._tied_weights:
+            shortlist_weights = tf.transpose(self._tied_weights()[: self.shortlist_size])  # [D, S]
+            logits = tf.concat([self._affine(hidden, shortlist_weights), logits], axis=-1)
+        return tf.nn.log_softmax(tf.cast(logits + tf.cast(self.head_bias, logits.dtype), tf.float32))
 
     def _tail_log_probs(self, hidden, i):
         """[..., D] -> [..., size of tail cluster i] float32, log p(id | cluster i)."""

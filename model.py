@@ -53,6 +53,7 @@ class ModelConfig:
     straight_through: bool = False  # Hard one-hot Gumbel samples forward, soft gradients backward.
     eval_mode: str = "mix"  # training=False: "mix" with pi = softmax(arch_logits), or each block's "argmax".
     pad_id: int = 0  # Label that scores no loss.
+    tie_embeddings: bool = False  # The input embedding doubles as the output weights of the head's shortlist.
 
     def __post_init__(self):
         # JSON turns tuples into lists; a config read back must equal the one written.
@@ -400,7 +401,9 @@ class TransformerXL(keras.Model):
                            if config.pre_norm else None)
         self.output_dropout = keras.layers.Dropout(config.dropout_rate, dtype=self.dtype_policy)
         self.output_layer = AdaptiveSoftmax(config.vocab_size, config.cutoffs, config.proj_factor,
-                                            config.proj_dims, config.pad_id, dtype=self.dtype_policy)
+                                            config.proj_dims, config.pad_id,
+                                            tied_embedding=self.embedding if config.tie_embeddings else None,
+                                            dtype=self.dtype_policy)
 
     def _make_block(self, kinds):
         """One block: a StochasticBlock over kinds "ADI", or the single candidate named by one letter."""

@@ -457,6 +457,8 @@ def define_flags():
     flags.DEFINE_boolean("pre_norm", model.pre_norm, "Layer norm before each block instead of after.")
     flags.DEFINE_boolean("straight_through", model.straight_through, "Hard one-hot Gumbel samples, soft gradients.")
     flags.DEFINE_boolean("gumbel_per_example", model.gumbel_per_example, "One Gumbel sample per example, not per step.")
+    flags.DEFINE_boolean("tie_embeddings", model.tie_embeddings, "Share the embedding with the shortlist's output weights.")
+    flags.DEFINE_integer("clamp_len", model.clamp_len, "Longer distances use this one's encoding; -1 = none.")
     for field in dataclasses.fields(TrainConfig):
         define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_boolean,
                   str: flags.DEFINE_string}[field.type]
@@ -475,6 +477,7 @@ def configs_from_flags(flag_values, vocab_size):
         proj_dims=tuple(int(d) for d in flag_values.proj_dims) if flag_values.proj_dims else None,
         architecture=flag_values.architecture or None, pre_norm=flag_values.pre_norm,
         straight_through=flag_values.straight_through, gumbel_per_example=flag_values.gumbel_per_example,
+        tie_embeddings=flag_values.tie_embeddings, clamp_len=flag_values.clamp_len,
     )
     train = TrainConfig(**{f.name: getattr(flag_values, f.name) for f in dataclasses.fields(TrainConfig)})
     run = RunOptions(**{f.name: getattr(flag_values, f.name) for f in dataclasses.fields(RunOptions)})

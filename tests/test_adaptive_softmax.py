@@ -115,3 +115,23 @@ def test_bfloat16_compute_keeps_float32_log_probabilities():
 def test_config_round_trip():
     layer = AdaptiveSoftmax(VOCAB, (10, 30), proj_factor=2, pad_id=3)
     assert AdaptiveSoftmax.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("cutoffs", [(), (10, 30)])
+def test_tied_shortlist_uses_the_embedding_rows(cutoffs):
+    embedding = keras.layers.Embedding(VOCAB, D_MODEL)
+    embedding.build((None,))
+    layer = AdaptiveSoftmax(VOCAB, cutoffs, tied_embedding=embedding)
+    layer.build((None, None, D_MODEL))
+    shortlist = cutoffs[0] if cutoffs else VOCAB
+    assert layer.head_kernel.shape == (D_MODEL, len(cutoffs))  # Only the cluster logits are its own.
+    hidden, labels = random_inputs()
+    logits = hidden.numpy() @ embedding.embeddings.numpy()[:shortlist].T + layer.head_bias.numpy()[:shortlist]
+    head = np.concatenate([logits, hidden.numpy() @ layer.head_kernel.numpy() + layer.head_bias.numpy()[shortlist:]], -1)
+    log_probs = layer.log_probs(hidden).numpy()
+    expected = head - np.log(np.exp(head).sum(-1, keepdims=True))
+    np.testing.assert_allclose(log_probs[..., :shortlist], expected[..., :shortlist], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.exp(log_probs).sum(-1), 1.0, rtol=1e-5)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(hidden, labels))
+    assert np.any(tape.gradient(loss, embedding.embeddings).numpy() != 0)

@@ -299,3 +299,10 @@ def test_parameter_counts_cover_every_weight_and_flops_follow_the_blocks():
     # The SuperNet runs attention and dense in every block; identity and the output layer cost the same.
     assert flops(None) == pytest.approx(flops("AAAAAA") + flops("DDDDDD") - flops("IIIIII"))
     assert flops(None, training=True) == pytest.approx(3 * flops(None))
+
+
+def test_tied_embeddings_share_the_shortlist_weights():
+    untied, tied = tiny_model(), tiny_model(tie_embeddings=True)
+    shortlist = TINY["cutoffs"][0]
+    assert count_parameters(untied)["total"] - count_parameters(tied)["total"] == shortlist * TINY["d_model"]
+    assert count_parameters(tied)["total"] == sum(int(np.prod(v.shape)) for v in tied.trainable_variables)
