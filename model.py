@@ -107,6 +107,22 @@ def initializer():
     return keras.initializers.RandomNormal(stddev=0.02)
 
 
+class Dropout(keras.layers.Dropout):
+    """Keras dropout with its mask drawn by the Philox generator.
+
+    Inside XLA on CPU, TensorFlow's default stateless generator is about 100x slower than Philox
+    (bench.py: 1.3 s against 12 ms for 8M numbers), which made dropout most of the training step.
+    The seed still comes from the layer's SeedGenerator, so the mask is checkpointed state.
+    """
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0:
+            return inputs
+        seed = tf.cast(self.seed_generator.next(), tf.int64)
+        keep = tf.random.stateless_uniform(tf.shape(inputs), seed=seed, alg="philox") >= self.rate
+        return tf.where(keep, inputs / tf.cast(1.0 - self.rate, inputs.dtype), tf.zeros_like(inputs))
+
+
 def shape_list(x):
     """Static dimensions where known, dynamic (tensor) ones elsewhere."""
     dynamic = tf.shape(x)
@@ -157,7 +173,7 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
         self.d_head = d_head
         self.attention_dropout_rate = attention_dropout_rate
         self.clamp_len = clamp_len
-        self.dropout = keras.layers.Dropout(attention_dropout_rate, dtype=self.dtype_policy)
+        self.dropout = Dropout(attention_dropout_rate, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         d_model = input_shape[-1]
@@ -232,7 +248,7 @@ class AttentionBlock(keras.layers.Layer):
         self.pre_norm = pre_norm
         self.attention = RelativeMultiHeadAttention(num_heads, d_head, attention_dropout_rate, clamp_len,
                                                     dtype=self.dtype_policy)
-        self.dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
+        self.dropout = Dropout(dropout_rate, dtype=self.dtype_policy)
         self.norm = keras.layers.LayerNormalization(epsilon=1e-5, dtype=self.dtype_policy)
 
     def build(self, input_shape):
@@ -269,9 +285,9 @@ class DenseBlock(keras.layers.Layer):
         self.pre_norm = pre_norm
         self.inner = keras.layers.Dense(d_ffn, activation="relu", kernel_initializer=initializer(),
                                         dtype=self.dtype_policy)
-        self.inner_dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
+        self.inner_dropout = Dropout(dropout_rate, dtype=self.dtype_policy)
         self.outer = keras.layers.Dense(d_model, kernel_initializer=initializer(), dtype=self.dtype_policy)
-        self.dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
+        self.dropout = Dropout(dropout_rate, dtype=self.dtype_policy)
         self.norm = keras.layers.LayerNormalization(epsilon=1e-5, dtype=self.dtype_policy)
 
     def build(self, input_shape):
@@ -395,11 +411,11 @@ class TransformerXL(keras.Model):
         self.is_supernet = config.architecture is None
         self.embedding = keras.layers.Embedding(config.vocab_size, config.d_model,
                                                 embeddings_initializer=initializer(), dtype=self.dtype_policy)
-        self.embedding_dropout = keras.layers.Dropout(config.dropout_rate, dtype=self.dtype_policy)
+        self.embedding_dropout = Dropout(config.dropout_rate, dtype=self.dtype_policy)
         self.blocks = [self._make_block(kinds) for kinds in config.block_kinds]
         self.final_norm = (keras.layers.LayerNormalization(epsilon=1e-5, dtype=self.dtype_policy)
                            if config.pre_norm else None)
-        self.output_dropout = keras.layers.Dropout(config.dropout_rate, dtype=self.dtype_policy)
+        self.output_dropout = Dropout(config.dropout_rate, dtype=self.dtype_policy)
         self.output_layer = AdaptiveSoftmax(config.vocab_size, config.cutoffs, config.proj_factor,
                                             config.proj_dims, config.pad_id,
                                             tied_embedding=self.embedding if config.tie_embeddings else None,

@@ -45,6 +45,7 @@ class TrainConfig:
     tau_end: float = 0.1  # ... annealed exponentially to this at the last step.
     seed: int = 0  # Seeds weights, dropout and Gumbel noise.
     jit_compile: bool = True  # Compile the train and eval steps with XLA.
+    precision: str = "float32"  # float32 | bfloat16 | float16 (with loss scaling): the compute dtype; weights stay float32.
 
 
 @dataclasses.dataclass
@@ -61,6 +62,15 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf; the message names the step."""
 
 
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def dtype_policy(precision):
+    if precision not in POLICIES:
+        raise ValueError(f"--precision {precision!r}: expected one of {', '.join(POLICIES)}.")
+    return POLICIES[precision]
+
+
 def make_weight_optimizer(config, total_steps):
     """The weights' optimizer with Keras' warmup + cosine decay schedule."""
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -70,13 +80,14 @@ def make_weight_optimizer(config, total_steps):
         warmup_steps=config.warmup_steps,
     )
     clip = {"global_clipnorm": config.clip_norm} if config.clip_norm > 0 else {}
-    if config.opt_name == "adam":
-        return keras.optimizers.Adam(schedule, **clip)
-    if config.opt_name == "adamw":
-        return keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay, **clip)
-    if config.opt_name == "sgd":
-        return keras.optimizers.SGD(schedule, **clip)
-    raise ValueError(f"--opt_name {config.opt_name!r}: expected adam, adamw or sgd.")
+    optimizers = {"adam": lambda: keras.optimizers.Adam(schedule, **clip),
+                  "adamw": lambda: keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay, **clip),
+                  "sgd": lambda: keras.optimizers.SGD(schedule, **clip)}
+    if config.opt_name not in optimizers:
+        raise ValueError(f"--opt_name {config.opt_name!r}: expected adam, adamw or sgd.")
+    optimizer = optimizers[config.opt_name]()
+    # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
+    return keras.optimizers.LossScaleOptimizer(optimizer) if config.precision == "float16" else optimizer
 
 
 class Trainer:
@@ -89,7 +100,7 @@ class Trainer:
     def __init__(self, model_config, config, steps_per_epoch, batch_size):
         keras.utils.set_random_seed(config.seed)
         self.config = config
-        self.model = TransformerXL(model_config)
+        self.model = TransformerXL(model_config, dtype=dtype_policy(config.precision))
         self.total_steps = config.epochs * steps_per_epoch
         self.weight_optimizer = make_weight_optimizer(config, self.total_steps)
         self.arch_optimizer = keras.optimizers.Adam(config.arch_lr)
@@ -101,6 +112,7 @@ class Trainer:
             self.arch_optimizer.build(self.model.arch_variables)
         self.memory_states = tf.Variable(memory.states, trainable=False, name="memory_states")
         self.memory_valid = tf.Variable(memory.valid_length, trainable=False, name="memory_valid_length")
+        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.batch_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="batch_in_epoch")
         self.nll_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="interval_nll_sum")
@@ -115,6 +127,7 @@ class Trainer:
             arch_optimizer=self.arch_optimizer,
             memory_states=self.memory_states,
             memory_valid=self.memory_valid,
+            global_step=self.global_step,
             epoch=self.epoch,
             batch_in_epoch=self.batch_in_epoch,
             nll_sum=self.nll_sum,
@@ -123,7 +136,8 @@ class Trainer:
 
     @property
     def step(self):
-        return self.weight_optimizer.iterations
+        """Steps taken; the optimizer's own count lags it when float16 loss scaling skips a step."""
+        return self.global_step
 
     def tau(self):
         return self.tau_schedule(self.step)
@@ -139,21 +153,29 @@ class Trainer:
     def _train_step(self, inputs, targets):
         memory = Memory(self.memory_states, self.memory_valid)
         weights, arch = self.model.weight_variables, self.model.arch_variables
+        loss_scaled = isinstance(self.weight_optimizer, keras.optimizers.LossScaleOptimizer)
         with tf.GradientTape() as tape:
             nll, new_memory = self.model.token_nll(inputs, targets, memory, tau=self.tau(), training=True)
             scored = tf.reduce_sum(tf.cast(tf.not_equal(targets, data_utils.PAD_ID), tf.float32))
             loss = tf.reduce_sum(nll) / tf.maximum(scored, 1.0)
-        gradients = tape.gradient(loss, weights + arch)
+            scaled_loss = self.weight_optimizer.scale_loss(loss) if loss_scaled else loss
+        gradients = tape.gradient(scaled_loss, weights + arch)
+        arch_gradients = gradients[len(weights):]
+        if loss_scaled and arch:  # Unscale by hand; an overflowing step leaves the logits' gradient at 0.
+            scale = tf.cast(self.weight_optimizer.dynamic_scale, tf.float32)
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in arch_gradients])
+            arch_gradients = [tf.where(finite, g / scale, tf.zeros_like(g)) for g in arch_gradients]
         self.weight_optimizer.apply(gradients[: len(weights)], weights)
         if arch:
-            self.arch_optimizer.apply(gradients[len(weights):], arch)
+            self.arch_optimizer.apply(arch_gradients, arch)
+        self.global_step.assign_add(1)
         self.memory_states.assign(new_memory.states)
         self.memory_valid.assign(new_memory.valid_length)
         self.batch_in_epoch.assign_add(1)
         self.nll_sum.assign_add(tf.cast(tf.reduce_sum(nll), tf.float64))
         self.token_count.assign_add(tf.cast(scored, tf.float64))
         bad = tf.logical_and(self.first_bad_step < 0, tf.logical_not(tf.math.is_finite(loss)))
-        # After apply(), iterations is this step's 1-based number, as logged.
+        # global_step is now this step's 1-based number, as logged.
         self.first_bad_step.assign(tf.where(bad, tf.cast(self.step, tf.int64), self.first_bad_step))
         return loss
 
@@ -491,7 +513,7 @@ def main(argv):
     try:
         metadata = data_utils.load_metadata(flag_values.data_dir)
         model_config, config, options = configs_from_flags(flag_values, metadata["vocab_size"])
-        make_weight_optimizer(config, 1)  # Rejects a bad --opt_name before any work.
+        make_weight_optimizer(config, 1), dtype_policy(config.precision)  # Bad --opt_name, --precision: fail now.
         results = train_and_evaluate(model_config, config, flag_values.data_dir,
                                      pathlib.Path(flag_values.logdir) / flag_values.model_name, options)
     except (ValueError, NonFiniteLossError, data_utils.DataError) as error:

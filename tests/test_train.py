@@ -173,3 +173,26 @@ def test_notebook_runs_headless_with_a_tiny_configuration(tmp_path):
     nbclient.NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(REPO_ROOT)}}).execute()
     outputs = "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs)
     assert "Derived architecture" in outputs and "perplexity" in outputs
+
+
+def interval_losses(data_dir, precision, steps):
+    trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(8, 16), **{**TINY_MODEL, "dropout_rate": 0.0}),
+                            train.TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=10, precision=precision),
+                            steps_per_epoch=steps, batch_size=4)
+    losses = []
+    for inputs, targets in data_utils.make_dataset(data_dir, "train").repeat().take(steps):
+        losses.append(float(trainer.train_step(inputs, targets)))
+    return np.array(losses)
+
+
+@pytest.mark.slow
+def test_half_precision_training_tracks_float32(tmp_path):
+    """A few hundred steps: bfloat16 (and loss-scaled float16) losses stay close to float32's."""
+    stream = np.tile(np.random.default_rng(0).permutation(29) + 1, 140)  # Learnable: each id fixes the next.
+    data_dir = write_stream_dataset(tmp_path / "data", stream, vocab_size=30, batch_size=4, seq_len=8)
+    float32 = interval_losses(data_dir, "float32", 300)
+    assert float32[-50:].mean() < 0.5 * float32[:10].mean()  # It learns, so tracking it means something.
+    for precision in ("bfloat16", "float16"):
+        half = interval_losses(data_dir, precision, 300)
+        window = lambda x: x.reshape(-1, 25).mean(axis=1)  # Means over 25 steps.
+        np.testing.assert_allclose(window(half), window(float32), rtol=0.05, atol=0.05, err_msg=precision)
