@@ -79,7 +79,7 @@ def bench_architecture(model_config, train_config, data_dir, batch_size, seq_len
     batches = iter(data_utils.make_dataset(data_dir, "train").repeat())
     train_seconds = median_seconds(lambda: trainer.train_step(*next(batches)).numpy(), steps, warmup)
     model = trainer.model
-    eval_step = train.evaluation_step(model, model.eval_mode, train_config.jit_compile)
+    eval_step = train.evaluation_step(model, model.eval_mode, train.use_xla(train_config.jit_compile, model_config, "eval"))
     memory = [model.initial_memory(batch_size)]
 
     def evaluate_once():
@@ -132,6 +132,7 @@ def main(argv):
                                         flag_values.steps, flag_values.warmup_steps_bench)
             for kind in ("train", "eval"):
                 result[f"{kind}_mfu"] = result[f"{kind}_flops_per_step"] / (result[f"{kind}_ms_per_step"] / 1000) / report["matmul_peak_flops"]
+            result["xla_train"] = train.use_xla(train_config.jit_compile, config, "train")
             report["results"][architecture] = result
     report["peak_host_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print_table(report)
@@ -142,14 +143,15 @@ def main(argv):
 
 def print_table(report):
     print(f"TensorFlow {report['tensorflow']} on {report['device']} ({report['cpu_count']} CPUs, "
-          f"intra-op threads {report['intra_op_threads']}), {report['precision']}, XLA {report['jit_compile']}, "
+          f"intra-op threads {report['intra_op_threads']}), {report['precision']}, --jit_compile={report['jit_compile']}, "
           f"batch {report['batch_size']} x seq_len {report['seq_len']}")
     print(f"matmul peak {report['matmul_peak_flops'] / 1e9:.1f} GFLOP/s; input pipeline "
           f"{report['data_tokens_per_second']:,.0f} tokens/s; peak host memory {report['peak_host_memory_mib']:,.0f} MiB")
-    print(f"{'architecture':>12} {'train ms':>9} {'train tok/s':>12} {'train MFU':>9} {'eval ms':>8} {'eval tok/s':>11} {'eval MFU':>8}")
+    print(f"{'architecture':>12} {'train ms':>9} {'train tok/s':>12} {'train MFU':>9} {'train XLA':>9} {'eval ms':>8} "
+          f"{'eval tok/s':>11} {'eval MFU':>8}")
     for name, r in report["results"].items():
         print(f"{name:>12} {r['train_ms_per_step']:9.1f} {r['train_tokens_per_second']:12,.0f} {r['train_mfu']:9.2f} "
-              f"{r['eval_ms_per_step']:8.1f} {r['eval_tokens_per_second']:11,.0f} {r['eval_mfu']:8.2f}")
+              f"{str(r['xla_train']):>9} {r['eval_ms_per_step']:8.1f} {r['eval_tokens_per_second']:11,.0f} {r['eval_mfu']:8.2f}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ flags.DEFINE_enum("split", "valid", ["valid", "test"], "Split to score.")
 flags.DEFINE_integer("mem_len", None, "Memory length at evaluation (default: the training one).", lower_bound=0)
 flags.DEFINE_string("data_dir", None, "Dataset directory (default: the one the model was trained on).")
 flags.DEFINE_enum("eval_mode", None, ["mix", "argmax"], "SuperNet only: mix candidates with pi, or take each argmax.")
-flags.DEFINE_boolean("jit_compile", True, "Compile the evaluation step with XLA.")
+flags.DEFINE_enum("jit_compile", "auto", ["on", "off", "auto"], "Compile the evaluation step with XLA (auto: on).")
 
 
 def main(argv):

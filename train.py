@@ -44,7 +44,7 @@ class TrainConfig:
     tau_start: float = 1.0  # Gumbel-softmax temperature at step 0 ...
     tau_end: float = 0.1  # ... annealed exponentially to this at the last step.
     seed: int = 0  # Seeds weights, dropout and Gumbel noise.
-    jit_compile: bool = True  # Compile the train and eval steps with XLA.
+    jit_compile: str = "auto"  # XLA for the train and eval steps: on | off | auto (on where faster, see use_xla).
     precision: str = "float32"  # float32 | bfloat16 | float16 (with loss scaling): the compute dtype; weights stay float32.
 
 
@@ -60,6 +60,22 @@ class RunOptions:
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf; the message names the step."""
+
+
+def use_xla(jit_compile, model_config, step):
+    """Whether the `step` ("train" or "eval") compiles with XLA.
+
+    auto: always for evaluation; for training too, except a SuperNet on a machine without GPU or
+    TPU. There TensorFlow's executor runs a block's independent attention and dense candidates
+    on separate cores while XLA:CPU runs them one after the other (bench.py, 2 cores: 129 ms a
+    step without XLA, 157 ms with it; a fixed AADDDD is faster with XLA, 70 ms against 79 ms).
+    """
+    if jit_compile not in ("on", "off", "auto"):
+        raise ValueError(f"--jit_compile {jit_compile!r}: expected on, off or auto.")
+    if jit_compile != "auto":
+        return jit_compile == "on"
+    accelerated = tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU")
+    return step == "eval" or bool(accelerated) or model_config.architecture is not None
 
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -118,7 +134,7 @@ class Trainer:
         self.nll_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="interval_nll_sum")
         self.token_count = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="interval_token_count")
         self.first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="first_non_finite_step")
-        self.train_step = tf.function(self._train_step, jit_compile=config.jit_compile)
+        self.train_step = tf.function(self._train_step, jit_compile=use_xla(config.jit_compile, model_config, "train"))
         # Keras 3 layers are not all tracked by tf.train.Checkpoint, so the model's variables
         # (weights, arch logits, RNG states) are saved as one ordered list.
         self.checkpoint = tf.train.Checkpoint(
@@ -208,9 +224,9 @@ def evaluation_step(model, eval_mode, jit_compile):
     return tf.function(step, jit_compile=jit_compile)
 
 
-def evaluate(model, dataset, words, batch_size, jit_compile=True, max_batches=0):
+def evaluate(model, dataset, words, batch_size, jit_compile="auto", max_batches=0):
     """Token and word perplexity over a split, with memory carried through it from empty."""
-    step = evaluation_step(model, model.eval_mode, jit_compile)
+    step = evaluation_step(model, model.eval_mode, use_xla(jit_compile, model.config, "eval"))
     memory = model.initial_memory(batch_size)
     total_nll = tf.constant(0.0, tf.float64)
     total_tokens = tf.constant(0.0, tf.float64)
@@ -513,7 +529,8 @@ def main(argv):
     try:
         metadata = data_utils.load_metadata(flag_values.data_dir)
         model_config, config, options = configs_from_flags(flag_values, metadata["vocab_size"])
-        make_weight_optimizer(config, 1), dtype_policy(config.precision)  # Bad --opt_name, --precision: fail now.
+        # Bad --opt_name, --precision or --jit_compile fail now, before any work.
+        make_weight_optimizer(config, 1), dtype_policy(config.precision), use_xla(config.jit_compile, model_config, "eval")
         results = train_and_evaluate(model_config, config, flag_values.data_dir,
                                      pathlib.Path(flag_values.logdir) / flag_values.model_name, options)
     except (ValueError, NonFiniteLossError, data_utils.DataError) as error:

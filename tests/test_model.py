@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import (AttentionBlock, DenseBlock, IdentityBlock, ModelConfig, RelativeMultiHeadAttention,
+from model import (AttentionBlock, DenseBlock, Dropout, IdentityBlock, ModelConfig, RelativeMultiHeadAttention,
                    StochasticBlock, TransformerXL, count_parameters, flops_per_token)
 
 TINY = dict(vocab_size=50, d_model=16, num_heads=2, d_ffn=32, num_layers=3, mem_len=4, cutoffs=(20, 35))
@@ -306,3 +306,15 @@ def test_tied_embeddings_share_the_shortlist_weights():
     shortlist = TINY["cutoffs"][0]
     assert count_parameters(untied)["total"] - count_parameters(tied)["total"] == shortlist * TINY["d_model"]
     assert count_parameters(tied)["total"] == sum(int(np.prod(v.shape)) for v in tied.trainable_variables)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_keeps_the_expected_fraction_and_rescales(rate):
+    layer = Dropout(rate, seed=0)
+    outputs = layer(tf.ones([200, 500]), training=True).numpy()
+    kept = outputs != 0
+    draws = kept.size
+    assert abs(kept.mean() - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / draws)
+    np.testing.assert_allclose(outputs[kept], 1 / (1 - rate), rtol=1e-6)
+    assert not np.array_equal(layer(tf.ones([200, 500]), training=True).numpy() != 0, kept)  # A new mask each call.
+    np.testing.assert_array_equal(layer(tf.ones([3, 5]), training=False), np.ones([3, 5]))
