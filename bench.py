@@ -74,8 +74,8 @@ def data_tokens_per_second(data_dir, tokens_per_batch):
     return batches * tokens_per_batch / (time.perf_counter() - start)
 
 
-def bench_architecture(model_config, train_config, data_dir, batch_size, seq_len, steps, warmup):
-    trainer = train.Trainer(model_config, train_config, steps_per_epoch=1000, batch_size=batch_size)
+def bench_architecture(model_config, train_config, data_dir, batch_size, seq_len, steps, warmup, strategy):
+    trainer = train.Trainer(model_config, train_config, steps_per_epoch=1000, batch_size=batch_size, strategy=strategy)
     batches = iter(data_utils.make_dataset(data_dir, "train").repeat())
     train_seconds = median_seconds(lambda: trainer.train_step(*next(batches)).numpy(), steps, warmup)
     model = trainer.model
@@ -110,14 +110,15 @@ def device_name():
 def main(argv):
     flag_values = FLAGS
     vocab_size = flag_values.vocab_size
-    model_config, train_config, _ = train.configs_from_flags(flag_values, vocab_size)
+    model_config, train_config, run_options = train.configs_from_flags(flag_values, vocab_size)
+    strategy = train.make_strategy(run_options.strategy)
     compute_dtype = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}[train_config.precision]
     architectures = flag_values.architectures
     report = dict(
         tensorflow=tf.__version__, device=device_name(), cpu_count=os.cpu_count(),
         intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
         inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads() or "default",
-        precision=train_config.precision, jit_compile=train_config.jit_compile, batch_size=flag_values.batch_size,
+        precision=train_config.precision, strategy=run_options.strategy, replicas=strategy.num_replicas_in_sync, jit_compile=train_config.jit_compile, batch_size=flag_values.batch_size,
         seq_len=flag_values.seq_len, vocab_size=vocab_size, steps=flag_values.steps, command=sys.argv, results={},
     )
     report["matmul_peak_flops"] = matmul_peak_flops(compute_dtype)
@@ -129,7 +130,7 @@ def main(argv):
             config = ModelConfig(**{**model_config.__dict__, "architecture": None if architecture == "supernet" else architecture,
                                     "num_layers": model_config.num_layers})
             result = bench_architecture(config, train_config, data_dir, flag_values.batch_size, flag_values.seq_len,
-                                        flag_values.steps, flag_values.warmup_steps_bench)
+                                        flag_values.steps, flag_values.warmup_steps_bench, strategy)
             for kind in ("train", "eval"):
                 result[f"{kind}_mfu"] = result[f"{kind}_flops_per_step"] / (result[f"{kind}_ms_per_step"] / 1000) / report["matmul_peak_flops"]
             result["xla_train"] = train.use_xla(train_config.jit_compile, config, "train")

@@ -56,6 +56,7 @@ class RunOptions:
     checkpoint_every: int = 1000  # Steps between checkpoints (one is also saved at each epoch's end).
     stop_after_steps: int = 0  # Save and stop once this global step is reached (a planned pause); 0 = never.
     eval_batches: int = 0  # Limit validation/test to this many batches (quick runs); 0 = whole split.
+    strategy: str = "default"  # tf.distribute: default | mirrored | multi_worker | tpu (see README).
 
 
 class NonFiniteLossError(RuntimeError):
@@ -87,6 +88,22 @@ def dtype_policy(precision):
     return POLICIES[precision]
 
 
+def make_strategy(name):
+    """The tf.distribute strategy named by --strategy (multi_worker reads TF_CONFIG; tpu finds the Colab/Cloud TPU)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"--strategy {name!r}: expected default, mirrored, multi_worker or tpu.")
+
+
 def make_weight_optimizer(config, total_steps):
     """The weights' optimizer with Keras' warmup + cosine decay schedule."""
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -110,31 +127,47 @@ class Trainer:
     """The model, its two optimizers, the schedules and every piece of state a checkpoint must hold.
 
     The memory of the previous segment lives in variables, so it survives from one compiled step
-    to the next (and into checkpoints) without leaving the device.
+    to the next (and into checkpoints) without leaving the device. Under a tf.distribute strategy
+    each replica always takes the same rows of the global batch, so every row stays one
+    contiguous stream with its memory; the replicas' new memories are gathered back into the
+    one global memory after each step, and their NLL sums are added before the perplexity.
     """
 
-    def __init__(self, model_config, config, steps_per_epoch, batch_size):
+    def __init__(self, model_config, config, steps_per_epoch, batch_size, strategy=None):
         keras.utils.set_random_seed(config.seed)
         self.config = config
-        self.model = TransformerXL(model_config, dtype=dtype_policy(config.precision))
+        self.strategy = strategy or tf.distribute.get_strategy()
+        replicas = self.strategy.num_replicas_in_sync
+        if batch_size % replicas:
+            raise ValueError(f"The dataset's batch_size {batch_size} does not split over {replicas} replicas; "
+                             f"rebuild it with a --batch_size that {replicas} divides.")
+        self.batch_size = batch_size
         self.total_steps = config.epochs * steps_per_epoch
-        self.weight_optimizer = make_weight_optimizer(config, self.total_steps)
-        self.arch_optimizer = keras.optimizers.Adam(config.arch_lr)
         self.tau_schedule = ExponentialTauSchedule(config.tau_start, config.tau_end, self.total_steps)
-        memory = self.model.initial_memory(batch_size)
-        self.model(tf.zeros([batch_size, 1], tf.int32), memory)  # Builds every weight before optimizers see them.
-        self.weight_optimizer.build(self.model.weight_variables)
-        if self.model.arch_variables:
-            self.arch_optimizer.build(self.model.arch_variables)
-        self.memory_states = tf.Variable(memory.states, trainable=False, name="memory_states")
-        self.memory_valid = tf.Variable(memory.valid_length, trainable=False, name="memory_valid_length")
-        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.batch_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="batch_in_epoch")
-        self.nll_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="interval_nll_sum")
-        self.token_count = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="interval_token_count")
-        self.first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="first_non_finite_step")
-        self.train_step = tf.function(self._train_step, jit_compile=use_xla(config.jit_compile, model_config, "train"))
+        with self.strategy.scope():
+            self.model = TransformerXL(model_config, dtype=dtype_policy(config.precision))
+            self.weight_optimizer = make_weight_optimizer(config, self.total_steps)
+            self.arch_optimizer = keras.optimizers.Adam(config.arch_lr)
+            memory = self.model.initial_memory(batch_size)
+            self.model(tf.zeros([batch_size, 1], tf.int32), memory)  # Builds every weight before optimizers see them.
+            self.weight_optimizer.build(self.model.weight_variables)
+            if self.model.arch_variables:
+                self.arch_optimizer.build(self.model.arch_variables)
+            # Every replica writes the same gathered memory, so the first replica's copy is the value.
+            shared = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.memory_states = tf.Variable(memory.states, name="memory_states", **shared)
+            self.memory_valid = tf.Variable(memory.valid_length, name="memory_valid_length", **shared)
+            counter = dict(trainable=False, dtype=tf.int64)
+            self.global_step = tf.Variable(0, name="global_step", **counter)
+            self.epoch = tf.Variable(0, name="epoch", **counter)
+            self.batch_in_epoch = tf.Variable(0, name="batch_in_epoch", **counter)
+            self.first_bad_step = tf.Variable(-1, name="first_non_finite_step", **counter)
+            self.nll_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="interval_nll_sum")
+            self.token_count = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="interval_token_count")
+        single_device = self.strategy is tf.distribute.get_strategy() or replicas == 1
+        # XLA compiles the whole step on one device; across replicas the collectives stay outside it.
+        jit = use_xla(config.jit_compile, model_config, "train") and single_device
+        self.train_step = tf.function(self._train_step, jit_compile=jit)
         # Keras 3 layers are not all tracked by tf.train.Checkpoint, so the model's variables
         # (weights, arch logits, RNG states) are saved as one ordered list.
         self.checkpoint = tf.train.Checkpoint(
@@ -162,18 +195,40 @@ class Trainer:
         return self.weight_optimizer.learning_rate
 
     def reset_memory(self):
-        memory = self.model.initial_memory(int(self.memory_states.shape[1]))
+        memory = self.model.initial_memory(self.batch_size)
         self.memory_states.assign(memory.states)
         self.memory_valid.assign(memory.valid_length)
 
     def _train_step(self, inputs, targets):
-        memory = Memory(self.memory_states, self.memory_valid)
+        """inputs, targets [B, T] of the global batch -> mean NLL per scored token."""
+        nll_sum, scored = self.strategy.run(self._replica_step, args=(inputs, targets))
+        nll_sum = self.strategy.reduce(tf.distribute.ReduceOp.SUM, nll_sum, axis=None)
+        scored = self.strategy.reduce(tf.distribute.ReduceOp.SUM, scored, axis=None)
+        loss = nll_sum / tf.maximum(scored, 1.0)
+        self.global_step.assign_add(1)
+        self.batch_in_epoch.assign_add(1)
+        self.nll_sum.assign_add(tf.cast(nll_sum, tf.float64))
+        self.token_count.assign_add(tf.cast(scored, tf.float64))
+        bad = tf.logical_and(self.first_bad_step < 0, tf.logical_not(tf.math.is_finite(loss)))
+        # global_step is now this step's 1-based number, as logged.
+        self.first_bad_step.assign(tf.where(bad, self.step, self.first_bad_step))
+        return loss
+
+    def _replica_step(self, inputs, targets):
+        """One replica's rows: forward, backward, update. Returns (NLL sum, scored tokens) of its rows."""
+        context = tf.distribute.get_replica_context()
+        rows = self.batch_size // context.num_replicas_in_sync
+        first = context.replica_id_in_sync_group * rows
+        inputs, targets = inputs[first : first + rows], targets[first : first + rows]
+        memory = Memory(self.memory_states[:, first : first + rows], self.memory_valid)
+        scored = tf.reduce_sum(tf.cast(tf.not_equal(targets, data_utils.PAD_ID), tf.float32))
+        global_scored = context.all_reduce(tf.distribute.ReduceOp.SUM, scored)
         weights, arch = self.model.weight_variables, self.model.arch_variables
         loss_scaled = isinstance(self.weight_optimizer, keras.optimizers.LossScaleOptimizer)
         with tf.GradientTape() as tape:
             nll, new_memory = self.model.token_nll(inputs, targets, memory, tau=self.tau(), training=True)
-            scored = tf.reduce_sum(tf.cast(tf.not_equal(targets, data_utils.PAD_ID), tf.float32))
-            loss = tf.reduce_sum(nll) / tf.maximum(scored, 1.0)
+            # Normalised by the global count, the replicas' gradients add up to the global batch's.
+            loss = tf.reduce_sum(nll) / tf.maximum(global_scored, 1.0)
             scaled_loss = self.weight_optimizer.scale_loss(loss) if loss_scaled else loss
         gradients = tape.gradient(scaled_loss, weights + arch)
         arch_gradients = gradients[len(weights):]
@@ -184,16 +239,9 @@ class Trainer:
         self.weight_optimizer.apply(gradients[: len(weights)], weights)
         if arch:
             self.arch_optimizer.apply(arch_gradients, arch)
-        self.global_step.assign_add(1)
-        self.memory_states.assign(new_memory.states)
+        self.memory_states.assign(context.all_gather(new_memory.states, axis=1))  # Rows back in replica order.
         self.memory_valid.assign(new_memory.valid_length)
-        self.batch_in_epoch.assign_add(1)
-        self.nll_sum.assign_add(tf.cast(tf.reduce_sum(nll), tf.float64))
-        self.token_count.assign_add(tf.cast(scored, tf.float64))
-        bad = tf.logical_and(self.first_bad_step < 0, tf.logical_not(tf.math.is_finite(loss)))
-        # global_step is now this step's 1-based number, as logged.
-        self.first_bad_step.assign(tf.where(bad, tf.cast(self.step, tf.int64), self.first_bad_step))
-        return loss
+        return tf.reduce_sum(nll), scored
 
     def check_finite(self):
         """Raises NonFiniteLossError if any step since the start had a NaN or inf loss."""
@@ -365,7 +413,7 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     log = make_logger(run_dir)
     batch_size, seq_len = metadata["batch_size"], metadata["seq_len"]
     steps_per_epoch = metadata["splits"]["train"]["batches"]
-    trainer = Trainer(model_config, config, steps_per_epoch, batch_size)
+    trainer = Trainer(model_config, config, steps_per_epoch, batch_size, make_strategy(options.strategy))
     model = trainer.model
     manager = tf.train.CheckpointManager(trainer.checkpoint, run_dir / "checkpoints", max_to_keep=2)
     best_manager = tf.train.CheckpointManager(trainer.checkpoint, run_dir / "checkpoints" / "best", max_to_keep=1)
@@ -497,12 +545,11 @@ def define_flags():
     flags.DEFINE_boolean("gumbel_per_example", model.gumbel_per_example, "One Gumbel sample per example, not per step.")
     flags.DEFINE_boolean("tie_embeddings", model.tie_embeddings, "Share the embedding with the shortlist's output weights.")
     flags.DEFINE_integer("clamp_len", model.clamp_len, "Longer distances use this one's encoding; -1 = none.")
-    for field in dataclasses.fields(TrainConfig):
-        define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_boolean,
-                  str: flags.DEFINE_string}[field.type]
-        define(field.name, getattr(train, field.name), f"See TrainConfig.{field.name} in train.py.")
-    for field in dataclasses.fields(RunOptions):
-        flags.DEFINE_integer(field.name, getattr(run, field.name), f"See RunOptions.{field.name} in train.py.")
+    define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_boolean, str: flags.DEFINE_string}
+    for settings in (train, run):
+        for field in dataclasses.fields(settings):
+            define[field.type](field.name, getattr(settings, field.name),
+                               f"See {type(settings).__name__}.{field.name} in train.py.")
     return flags.FLAGS
 
 
