@@ -34,15 +34,9 @@ def zipf_stream(num_tokens, vocab_size, seed=0):
 
 
 def synthetic_dataset(directory, vocab_size, batch_size, seq_len, num_batches):
-    """Context-batched TFRecords plus metadata for a random stream, every split the same."""
+    """Context-batched TFRecords plus metadata for a Zipf stream, every split the same."""
     stream = zipf_stream(batch_size * (num_batches * seq_len + 1), vocab_size)
-    windows = data_utils.context_batch(stream, batch_size, seq_len)
-    splits = {split: dict(files=data_utils.write_tfrecords(windows, directory, split), batches=len(windows),
-                          words=len(stream)) for split in data_utils.SPLITS}
-    metadata = dict(vocab_size=vocab_size, batch_size=batch_size, seq_len=seq_len, splits=splits,
-                    settings=dict(source="synthetic"))
-    with open(os.path.join(directory, data_utils.METADATA_FILE), "w") as f:
-        json.dump(metadata, f)
+    data_utils.write_stream_dataset(directory, stream, vocab_size, batch_size, seq_len)
 
 
 def median_seconds(run, steps, warmup):

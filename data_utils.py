@@ -392,3 +392,16 @@ def make_dataset(data_dir, split):
     files = [pathlib.Path(data_dir) / name for name in metadata["splits"][split]["files"]]
     windows = read_windows(files, metadata["batch_size"], metadata["seq_len"])
     return windows.map(lambda w: (w[:, :-1], w[:, 1:])).prefetch(tf.data.AUTOTUNE)
+
+
+def write_stream_dataset(directory, stream, vocab_size, batch_size, seq_len):
+    """TFRecords and metadata for one given token stream serving as every split (synthetic data)."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    windows = context_batch(np.asarray(stream, np.int64), batch_size, seq_len)
+    splits = {split: dict(files=write_tfrecords(windows, directory, split), batches=len(windows), words=len(stream))
+              for split in SPLITS}
+    metadata = dict(vocab_size=vocab_size, batch_size=batch_size, seq_len=seq_len, splits=splits,
+                    settings=dict(source="synthetic"))
+    (directory / METADATA_FILE).write_text(json.dumps(metadata))
+    return directory

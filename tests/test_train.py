@@ -19,21 +19,9 @@ TINY_MODEL = dict(d_model=16, num_heads=2, d_ffn=32, num_layers=3, mem_len=4, dr
 TINY_FLAGS = ["--d_model=16", "--num_heads=2", "--d_ffn=32", "--num_layers=3", "--mem_len=4", "--cutoffs=10,20"]
 
 
-def write_stream_dataset(directory, stream, vocab_size, batch_size, seq_len):
-    """TFRecords and metadata for a given token stream, the same stream serving every split."""
-    directory.mkdir(parents=True)
-    windows = data_utils.context_batch(np.asarray(stream, np.int64), batch_size, seq_len)
-    splits = {split: dict(files=data_utils.write_tfrecords(windows, directory, split), batches=len(windows),
-                          words=len(stream)) for split in data_utils.SPLITS}
-    metadata = dict(vocab_size=vocab_size, batch_size=batch_size, seq_len=seq_len, splits=splits,
-                    settings=dict(source="synthetic"))
-    (directory / data_utils.METADATA_FILE).write_text(json.dumps(metadata))
-    return directory
-
-
 def test_loss_falls_near_zero_on_a_repeating_pattern(tmp_path):
     pattern = [2, 7, 3, 9, 5, 4, 8]  # Period 7: each token is determined by the previous one.
-    data_dir = write_stream_dataset(tmp_path / "data", pattern * 300, vocab_size=12, batch_size=4, seq_len=8)
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", pattern * 300, vocab_size=12, batch_size=4, seq_len=8)
     model_config = ModelConfig(vocab_size=12, cutoffs=(), **{**TINY_MODEL, "dropout_rate": 0.0})
     config = train.TrainConfig(epochs=4, max_lr=3e-3, warmup_steps=10, clip_norm=1.0)
     results = train.train_and_evaluate(model_config, config, data_dir, tmp_path / "run",
@@ -54,7 +42,7 @@ def read_scalars(event_dir, tag):
 
 @pytest.mark.slow
 def test_paused_and_resumed_run_matches_uninterrupted_run(tmp_path):
-    data_dir = write_stream_dataset(tmp_path / "data", np.random.default_rng(0).integers(1, 30, 1200),
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.random.default_rng(0).integers(1, 30, 1200),
                                     vocab_size=30, batch_size=4, seq_len=8)  # 37 batches per epoch.
     model_config = ModelConfig(vocab_size=30, cutoffs=(8, 16), **TINY_MODEL)
     config = train.TrainConfig(epochs=2, max_lr=1e-3, warmup_steps=5)
@@ -78,7 +66,7 @@ def test_paused_and_resumed_run_matches_uninterrupted_run(tmp_path):
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    data_dir = write_stream_dataset(tmp_path / "data", np.arange(600) % 20, vocab_size=20, batch_size=2, seq_len=8)
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(600) % 20, vocab_size=20, batch_size=2, seq_len=8)
     trainer = train.Trainer(ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL), train.TrainConfig(epochs=1),
                             steps_per_epoch=37, batch_size=2)
     manager = tf.train.CheckpointManager(trainer.checkpoint, tmp_path / "checkpoints", max_to_keep=3)
@@ -95,7 +83,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 
 def test_bad_flags_fail_before_training_with_one_line(tmp_path):
-    data_dir = write_stream_dataset(tmp_path / "data", np.arange(600) % 20, vocab_size=20, batch_size=2, seq_len=8)
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(600) % 20, vocab_size=20, batch_size=2, seq_len=8)
     cases = [(["--num_heads=3"], "num_heads"), (["--cutoffs=10,25"], "25"),
              ([f"--data_dir={tmp_path / 'missing'}"], "create_tfrecords")]
     for extra, fragment in cases:
@@ -189,7 +177,7 @@ def interval_losses(data_dir, precision, steps):
 def test_half_precision_training_tracks_float32(tmp_path):
     """A few hundred steps: bfloat16 (and loss-scaled float16) losses stay close to float32's."""
     stream = np.tile(np.random.default_rng(0).permutation(29) + 1, 140)  # Learnable: each id fixes the next.
-    data_dir = write_stream_dataset(tmp_path / "data", stream, vocab_size=30, batch_size=4, seq_len=8)
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", stream, vocab_size=30, batch_size=4, seq_len=8)
     float32 = interval_losses(data_dir, "float32", 300)
     assert float32[-50:].mean() < 0.5 * float32[:10].mean()  # It learns, so tracking it means something.
     for precision in ("bfloat16", "float16"):
@@ -223,7 +211,7 @@ print(json.dumps(losses))
 @pytest.mark.slow
 def test_mirrored_strategy_over_two_devices_matches_one_device(tmp_path):
     """Each replica keeps its rows (and their memory); the summed metrics give the same loss trajectory."""
-    data_dir = write_stream_dataset(tmp_path / "data", np.random.default_rng(1).integers(1, 30, 1200),
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.random.default_rng(1).integers(1, 30, 1200),
                                     vocab_size=30, batch_size=4, seq_len=8)
     result = subprocess.run([sys.executable, "-c", DISTRIBUTED_RUN, str(data_dir)], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=300)
