@@ -50,7 +50,7 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class RunOptions:
-    """How often to log and save; these may change between a run and its resumption."""
+    """How often to log and save, and on what devices; these may change when a run resumes."""
 
     log_every: int = 100  # Steps between loss/perplexity/tau/lr/tokens-per-second logs and pi records.
     checkpoint_every: int = 1000  # Steps between checkpoints (one is also saved at each epoch's end).
