@@ -74,13 +74,16 @@ def optimal_cutoffs(probs, num_clusters, d_model, proj_factor=4, min_cost=0):
 
 
 def read_unigram(path):
-    """One probability per line, in id order; they must be non-negative and sum to 1."""
+    """One probability per line, in id order; they must be finite, non-negative and sum to 1."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise ValueError(f"--unigram_file {path}: no such file; ./create_tfrecords.sh writes unigram.txt.")
-    probs = np.loadtxt(path, dtype=np.float64, ndmin=1)
-    if probs.size == 0 or np.any(probs < 0) or abs(probs.sum() - 1.0) > 1e-3:
-        raise ValueError(f"--unigram_file {path}: expected non-negative probabilities summing to 1, "
+    try:
+        probs = np.loadtxt(path, dtype=np.float64, ndmin=1)
+    except ValueError as error:
+        raise ValueError(f"--unigram_file {path}: expected one probability per line ({error})") from error
+    if probs.size == 0 or not np.all(np.isfinite(probs)) or np.any(probs < 0) or abs(probs.sum() - 1.0) > 1e-3:
+        raise ValueError(f"--unigram_file {path}: expected finite, non-negative probabilities summing to 1, "
                          f"got {probs.size} values summing to {probs.sum():.6g} (min {probs.min(initial=0):.3g}).")
     return probs
 
@@ -88,9 +91,10 @@ def read_unigram(path):
 FLAGS = flags.FLAGS
 flags.DEFINE_string("unigram_file", "data/tfrecords/unigram.txt", "Unigram probabilities in id order.")
 flags.DEFINE_integer("num_clusters", 3, "Clusters including the head; 3 = head + 2 tails = 2 cutoffs.")
-flags.DEFINE_integer("d_model", 128, "Width of the hidden state fed to the softmax.")
+flags.DEFINE_integer("d_model", 128, "Width of the hidden state fed to the softmax.", lower_bound=1)
 flags.DEFINE_integer("proj_factor", 4, "Tail i projects to d_model // proj_factor**i.", lower_bound=1)
-flags.DEFINE_integer("min_cost", 0, "Columns below which a matmul gets no cheaper (0: count multiply-adds).")
+flags.DEFINE_integer("min_cost", 0, "Columns below which a matmul gets no cheaper (0: count multiply-adds).",
+                     lower_bound=0)
 
 
 def main(argv):

@@ -33,13 +33,29 @@ def test_full_log_probabilities_are_normalised(cutoffs):
     np.testing.assert_allclose(np.log(np.exp(log_probs.astype(np.float64)).sum(-1)), 0.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("gather_rows", [False, True])
 @pytest.mark.parametrize("cutoffs", [(10,), (10, 30), (1, 2, 49)])
-def test_nll_equals_minus_log_prob_of_label_in_every_cluster(cutoffs):
+def test_nll_equals_minus_log_prob_of_label_in_every_cluster(cutoffs, gather_rows):
     layer = built_layer(cutoffs)
     hidden, _ = random_inputs(batch=4, length=VOCAB // 4)
     labels = tf.reshape(tf.range(1, 1 + 4 * (VOCAB // 4)), [4, VOCAB // 4])  # Every cluster is hit.
     expected = -np.take_along_axis(layer.log_probs(hidden).numpy(), labels.numpy()[..., None], -1)[..., 0]
-    np.testing.assert_allclose(layer(hidden, labels).numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer(hidden, labels, gather_rows=gather_rows).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gathered_rows_give_the_same_loss_and_gradients():
+    layer = built_layer((10, 30))
+    hidden, labels = random_inputs()
+    labels = tf.where(labels >= 30, 5, labels)  # The last tail gets no row at all.
+    hidden = tf.Variable(hidden)
+
+    def loss_and_gradients(gather_rows):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(layer(hidden, labels, gather_rows=gather_rows))
+        return [loss] + tape.gradient(loss, [hidden] + layer.trainable_weights)
+
+    for every_row, gathered in zip(loss_and_gradients(False), loss_and_gradients(True)):
+        np.testing.assert_allclose(gathered, every_row, rtol=1e-5, atol=1e-7)
 
 
 def test_no_cutoffs_is_a_plain_softmax_computed_independently():
@@ -53,13 +69,14 @@ def test_no_cutoffs_is_a_plain_softmax_computed_independently():
     assert len(layer.weights) == 2  # One dense layer, no tails.
 
 
-def test_padding_scores_nothing_and_passes_no_gradient():
+@pytest.mark.parametrize("gather_rows", [False, True])
+def test_padding_scores_nothing_and_passes_no_gradient(gather_rows):
     layer = built_layer((10, 30), pad_id=0)
     hidden, labels = random_inputs()
     labels = tf.concat([tf.zeros([3, 2], tf.int32), labels[:, 2:]], axis=1)
     hidden = tf.Variable(hidden)
     with tf.GradientTape() as tape:
-        nll = layer(hidden, labels)
+        nll = layer(hidden, labels, gather_rows=gather_rows)
         total = tf.reduce_sum(nll)
     gradient = tape.gradient(total, hidden).numpy()
     assert np.all(nll.numpy()[:, :2] == 0) and np.all(nll.numpy()[:, 2:] > 0)
@@ -99,7 +116,7 @@ def test_compiled_loss_and_gradients_match_eager():
 
     eager = loss_and_gradients(hidden, labels)
     compiled = tf.function(loss_and_gradients, jit_compile=True)(hidden, labels)
-    np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-5)
+    np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-5, atol=1e-5)
     for a, b in zip(compiled[1], eager[1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
@@ -107,8 +124,9 @@ def test_compiled_loss_and_gradients_match_eager():
 def test_bfloat16_compute_keeps_float32_log_probabilities():
     layer = AdaptiveSoftmax(VOCAB, (10, 30), dtype="mixed_bfloat16")
     hidden, labels = random_inputs()
-    nll = layer(tf.cast(hidden, tf.bfloat16), labels)
-    assert nll.dtype == tf.float32 and np.all(np.isfinite(nll.numpy()))
+    for gather_rows in (False, True):
+        nll = layer(tf.cast(hidden, tf.bfloat16), labels, gather_rows=gather_rows)
+        assert nll.dtype == tf.float32 and np.all(np.isfinite(nll.numpy()))
     assert layer.log_probs(tf.cast(hidden, tf.bfloat16)).dtype == tf.float32
 
 

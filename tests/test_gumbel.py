@@ -58,12 +58,43 @@ def test_seed_generator_noise_is_reproducible_and_advances():
     assert not np.array_equal(sample_gumbel([5], seed=first), a)
 
 
-def test_exponential_tau_schedule_hits_both_ends_exactly():
+def test_low_precision_noise_is_finite_and_has_the_requested_dtype():
+    noise = sample_gumbel([1000], seed=4, dtype="bfloat16")
+    assert noise.dtype == tf.bfloat16 and np.all(np.isfinite(tf.cast(noise, tf.float32).numpy()))
+
+
+def test_compiled_sampling_takes_tau_as_a_tensor_without_retracing():
+    generator = keras.random.SeedGenerator(5)
+    traces = []
+
+    @tf.function(jit_compile=True)
+    def sample(logits, tau):
+        traces.append(tau)
+        return gumbel_softmax(logits, tau, hard=True, seed=generator)
+
+    logits = tf.constant([[0.5, -0.2, 0.1]] * 64)
+    first, second = sample(logits, tf.constant(1.0)), sample(logits, tf.constant(0.3))
+    assert len(traces) == 1
+    for samples in (first.numpy(), second.numpy()):
+        assert np.all(samples.sum(axis=1) == 1.0) and set(np.unique(samples)) <= {0.0, 1.0}
+    assert not np.array_equal(first, second)  # The generator's state advanced between calls.
+
+
+@pytest.mark.parametrize("tau_start, tau_end", [(1.0, 0.1), (2.7, 0.37), (4.564650330615831, 3.0371125210782273)])
+def test_exponential_tau_schedule_hits_both_ends_exactly(tau_start, tau_end):
+    schedule = ExponentialTauSchedule(tau_start=tau_start, tau_end=tau_end, total_steps=1000)
+    assert float(schedule(0)) == float(np.float32(tau_start))  # Exact in float32, not approximately.
+    assert float(schedule(1000)) == float(np.float32(tau_end))
+    assert float(schedule(tf.constant(5000, tf.int64))) == float(np.float32(tau_end))
+    assert float(schedule(500)) == pytest.approx(np.sqrt(tau_start * tau_end), rel=1e-6)  # Geometric mean.
+    assert float(schedule(250)) == pytest.approx(tau_start * (tau_end / tau_start) ** 0.25, rel=1e-6)
+
+
+def test_exponential_tau_schedule_config_and_errors():
     schedule = ExponentialTauSchedule(tau_start=1.0, tau_end=0.1, total_steps=1000)
-    assert float(schedule(0)) == pytest.approx(1.0, rel=1e-6)
-    assert float(schedule(1000)) == pytest.approx(0.1, rel=1e-6)
-    assert float(schedule(5000)) == pytest.approx(0.1, rel=1e-6)
-    assert float(schedule(500)) == pytest.approx(np.sqrt(1.0 * 0.1), rel=1e-6)  # Geometric mean at half-way.
-    assert ExponentialTauSchedule(**schedule.get_config()).get_config() == schedule.get_config()
+    rebuilt = ExponentialTauSchedule.from_config(schedule.get_config())
+    assert rebuilt.get_config() == schedule.get_config() and float(rebuilt(300)) == float(schedule(300))
     with pytest.raises(ValueError, match="tau_end=0"):
         ExponentialTauSchedule(1.0, 0.0, 10)
+    with pytest.raises(ValueError, match="total_steps=0"):
+        ExponentialTauSchedule(1.0, 0.1, 0)

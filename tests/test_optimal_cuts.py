@@ -67,7 +67,8 @@ def test_cli_prints_cutoffs_in_the_flag_format(tmp_path):
 
 
 @pytest.mark.parametrize("content, fragment", [(None, "no such file"), ("0.5\n0.6\n", "summing to 1.1"),
-                                               ("1.2\n-0.2\n", "min -0.2")])
+                                               ("1.2\n-0.2\n", "min -0.2"), ("0.5\nnan\n", "finite"),
+                                               ("0.5\nhalf\n", "one probability per line")])
 def test_bad_unigram_files_fail_with_one_line(tmp_path, content, fragment):
     path = tmp_path / "unigram.txt"
     if content is not None:
@@ -76,3 +77,13 @@ def test_bad_unigram_files_fail_with_one_line(tmp_path, content, fragment):
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("optimal_cuts.py: error:")]
     assert len(errors) == 1 and fragment in errors[0] and str(path) in errors[0]
+
+
+@pytest.mark.parametrize("num_clusters", [0, 11])
+def test_cli_rejects_a_number_of_clusters_outside_the_vocabulary(tmp_path, num_clusters):
+    path = tmp_path / "unigram.txt"
+    np.savetxt(path, zipf(10, 0))
+    result = run_cli(f"--unigram_file={path}", f"--num_clusters={num_clusters}")
+    assert result.returncode != 0 and result.stdout == ""
+    expected = f"optimal_cuts.py: error: --num_clusters {num_clusters} must be between 1 and the vocab size 10"
+    assert expected in result.stderr
