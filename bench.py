@@ -73,7 +73,7 @@ def bench_architecture(model_config, train_config, data_dir, batch_size, seq_len
     batches = iter(data_utils.make_dataset(data_dir, "train").repeat())
     train_seconds = median_seconds(lambda: trainer.train_step(*next(batches)).numpy(), steps, warmup)
     model = trainer.model
-    eval_step = train.evaluation_step(model, model.eval_mode, train.use_xla(train_config.jit_compile, model_config, "eval"))
+    eval_step = train.evaluation_step(model, model.eval_mode, train.use_xla(train_config.jit_compile, "eval"))
     memory = [model.initial_memory(batch_size)]
 
     def evaluate_once():
@@ -127,7 +127,7 @@ def main(argv):
                                         flag_values.steps, flag_values.warmup_steps_bench, strategy)
             for kind in ("train", "eval"):
                 result[f"{kind}_mfu"] = result[f"{kind}_flops_per_step"] / (result[f"{kind}_ms_per_step"] / 1000) / report["matmul_peak_flops"]
-            result["xla_train"] = train.use_xla(train_config.jit_compile, config, "train")
+            result["xla_train"] = train.use_xla(train_config.jit_compile, "train")
             report["results"][architecture] = result
     report["peak_host_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print_table(report)

@@ -63,20 +63,21 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf; the message names the step."""
 
 
-def use_xla(jit_compile, model_config, step):
+def use_xla(jit_compile, step):
     """Whether the `step` ("train" or "eval") compiles with XLA.
 
-    auto: always for evaluation; for training too, except a SuperNet on a machine without GPU or
-    TPU. There TensorFlow's executor runs a block's independent attention and dense candidates
-    on separate cores while XLA:CPU runs them one after the other (bench.py, 2 cores: 129 ms a
-    step without XLA, 157 ms with it; a fixed AADDDD is faster with XLA, 70 ms against 79 ms).
+    auto: always for evaluation; for training only on a GPU or TPU. On a CPU the uncompiled
+    training step is faster: TensorFlow's executor runs a SuperNet block's independent candidates
+    on separate cores where XLA:CPU runs them one after the other, and without XLA the adaptive
+    softmax tails can score only their own tokens (bench.py, 2 cores, base configuration: SuperNet
+    82 ms a step against 157 ms compiled, AADDDD 55 ms against 70 ms).
     """
     if jit_compile not in ("on", "off", "auto"):
         raise ValueError(f"--jit_compile {jit_compile!r}: expected on, off or auto.")
     if jit_compile != "auto":
         return jit_compile == "on"
     accelerated = tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU")
-    return step == "eval" or bool(accelerated) or model_config.architecture is not None
+    return step == "eval" or bool(accelerated)
 
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -166,8 +167,8 @@ class Trainer:
             self.token_count = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="interval_token_count")
         single_device = self.strategy is tf.distribute.get_strategy() or replicas == 1
         # XLA compiles the whole step on one device; across replicas the collectives stay outside it.
-        jit = use_xla(config.jit_compile, model_config, "train") and single_device
-        self.train_step = tf.function(self._train_step, jit_compile=jit)
+        self.jit_compile = use_xla(config.jit_compile, "train") and single_device
+        self.train_step = tf.function(self._train_step, jit_compile=self.jit_compile)
         # Keras 3 layers are not all tracked by tf.train.Checkpoint, so the model's variables
         # (weights, arch logits, RNG states) are saved as one ordered list.
         self.checkpoint = tf.train.Checkpoint(
@@ -226,7 +227,8 @@ class Trainer:
         weights, arch = self.model.weight_variables, self.model.arch_variables
         loss_scaled = isinstance(self.weight_optimizer, keras.optimizers.LossScaleOptimizer)
         with tf.GradientTape() as tape:
-            nll, new_memory = self.model.token_nll(inputs, targets, memory, tau=self.tau(), training=True)
+            nll, new_memory = self.model.token_nll(inputs, targets, memory, tau=self.tau(), training=True,
+                                                   gather_rows=not self.jit_compile)
             # Normalised by the global count, the replicas' gradients add up to the global batch's.
             loss = tf.reduce_sum(nll) / tf.maximum(global_scored, 1.0)
             scaled_loss = self.weight_optimizer.scale_loss(loss) if loss_scaled else loss
@@ -274,7 +276,7 @@ def evaluation_step(model, eval_mode, jit_compile):
 
 def evaluate(model, dataset, words, batch_size, jit_compile="auto", max_batches=0):
     """Token and word perplexity over a split, with memory carried through it from empty."""
-    step = evaluation_step(model, model.eval_mode, use_xla(jit_compile, model.config, "eval"))
+    step = evaluation_step(model, model.eval_mode, use_xla(jit_compile, "eval"))
     memory = model.initial_memory(batch_size)
     total_nll = tf.constant(0.0, tf.float64)
     total_tokens = tf.constant(0.0, tf.float64)
@@ -577,7 +579,7 @@ def main(argv):
         metadata = data_utils.load_metadata(flag_values.data_dir)
         model_config, config, options = configs_from_flags(flag_values, metadata["vocab_size"])
         # Bad --opt_name, --precision or --jit_compile fail now, before any work.
-        make_weight_optimizer(config, 1), dtype_policy(config.precision), use_xla(config.jit_compile, model_config, "eval")
+        make_weight_optimizer(config, 1), dtype_policy(config.precision), use_xla(config.jit_compile, "eval")
         results = train_and_evaluate(model_config, config, flag_values.data_dir,
                                      pathlib.Path(flag_values.logdir) / flag_values.model_name, options)
     except (ValueError, NonFiniteLossError, data_utils.DataError) as error:
