@@ -26,10 +26,10 @@ def tail_projection_dims(d_model, num_tails, proj_factor=4, proj_dims=None):
 
 def check_cutoffs(cutoffs, vocab_size):
     """Cutoffs come without the vocab size: strictly increasing ids in (0, vocab_size)."""
-    cutoffs = list(cutoffs)
+    given, cutoffs = tuple(cutoffs), list(cutoffs)
     for previous, cutoff in zip([0] + cutoffs, cutoffs):
         if not previous < cutoff < vocab_size:
-            raise ValueError(f"cutoffs={cutoffs}: {cutoff} is not strictly between {previous} and "
+            raise ValueError(f"cutoffs={given}: {cutoff} is not strictly between {previous} and "
                              f"vocab_size={vocab_size}; give strictly increasing ids, without the vocab size.")
     return cutoffs
 

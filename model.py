@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from adaptive_softmax import AdaptiveSoftmax
+from adaptive_softmax import AdaptiveSoftmax, check_cutoffs
 from gumbel import gumbel_softmax
 
 CANDIDATES = "ADI"  # Order of a stochastic block's candidates: attention, dense, identity.
@@ -80,8 +80,7 @@ class ModelConfig:
         for name in ("dropout_rate", "attention_dropout_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1).")
-        if list(self.cutoffs) != sorted(set(self.cutoffs)) or any(c < 1 for c in self.cutoffs):
-            raise ValueError(f"cutoffs={self.cutoffs} must be strictly increasing positive token ids.")
+        check_cutoffs(self.cutoffs, self.vocab_size)
         if self.proj_dims is not None and len(self.proj_dims) != len(self.cutoffs):
             raise ValueError(f"proj_dims={self.proj_dims} must give one width per cutoff (cutoffs={self.cutoffs}).")
         if self.clamp_len != -1 and self.clamp_len < 1:

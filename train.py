@@ -19,6 +19,7 @@ import pathlib
 import shutil
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -527,7 +528,8 @@ def define_flags():
     """Flags mirror ModelConfig, TrainConfig and RunOptions; their defaults come from there."""
     from absl import flags
 
-    model, train, run = ModelConfig(vocab_size=1), TrainConfig(), RunOptions()
+    model = types.SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(ModelConfig)})  # Defaults only.
+    train, run = TrainConfig(), RunOptions()
     flags.DEFINE_string("data_dir", "data/tfrecords", "Dataset built by ./create_tfrecords.sh.")
     flags.DEFINE_string("logdir", "logs", "Runs go to LOGDIR/MODEL_NAME (as in tensorboard --logdir).")
     flags.DEFINE_string("model_name", "base", "Name of the run (its directory under --logdir).")
