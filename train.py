@@ -412,7 +412,8 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     metadata = data_utils.load_metadata(data_dir)
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    check_or_save_config(run_dir, config_record(model_config, config, data_dir, metadata))
+    record = config_record(model_config, config, data_dir, metadata)
+    check_or_save_config(run_dir, record)
     log = make_logger(run_dir)
     batch_size, seq_len = metadata["batch_size"], metadata["seq_len"]
     steps_per_epoch = metadata["splits"]["train"]["batches"]
@@ -427,7 +428,7 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
         log.info("Resumed from %s at step %d.", manager.latest_checkpoint, int(trainer.step))
         forget_pi_after(run_dir / plot_arch.PI_HISTORY_FILE, int(trainer.step))
     else:
-        log.info("Config: %s", json.dumps(config_record(model_config, config, data_dir, metadata)))
+        log.info("Config: %s", json.dumps(record))
         log.info("Parameters: %s", count_parameters(model))
         log.info("FLOPs per token: training %.3g, inference %.3g",
                  flops_per_token(model_config, seq_len, training=True), flops_per_token(model_config, seq_len))
