@@ -9,6 +9,7 @@ each architecture it times the real compiled training step (train.Trainer) and e
 one step at a time after warm-up, and reports medians. MFU is the analytic model FLOPs per second
 (model.flops_per_token) over a dense matmul peak measured in the same process, dtype and threads.
 """
+import dataclasses
 import json
 import os
 import platform
@@ -23,7 +24,7 @@ from absl import app, flags
 
 import data_utils
 import train
-from model import ModelConfig, flops_per_token
+from model import flops_per_token
 
 
 def zipf_stream(num_tokens, vocab_size, seed=0):
@@ -121,8 +122,7 @@ def main(argv):
                           num_batches=flag_values.steps + flag_values.warmup_steps_bench + 2)
         report["data_tokens_per_second"] = data_tokens_per_second(data_dir, flag_values.batch_size * flag_values.seq_len)
         for architecture in architectures:
-            config = ModelConfig(**{**model_config.__dict__, "architecture": None if architecture == "supernet" else architecture,
-                                    "num_layers": model_config.num_layers})
+            config = dataclasses.replace(model_config, architecture=None if architecture == "supernet" else architecture)
             result = bench_architecture(config, train_config, data_dir, flag_values.batch_size, flag_values.seq_len,
                                         flag_values.steps, flag_values.warmup_steps_bench, strategy)
             for kind in ("train", "eval"):
