@@ -43,6 +43,31 @@ def test_nll_equals_minus_log_prob_of_label_in_every_cluster(cutoffs, gather_row
     np.testing.assert_allclose(layer(hidden, labels, gather_rows=gather_rows).numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+def numpy_log_prob(layer, hidden, labels):
+    """Grave et al.'s factorisation written out in float64: log p(head class) + log p(id | its tail cluster)."""
+    log_softmax = lambda z: z - z.max(-1, keepdims=True) - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    h = hidden.numpy().astype(np.float64)
+    head = log_softmax(h @ layer.head_kernel.numpy() + layer.head_bias.numpy())
+    result = np.empty(labels.shape)
+    for index, label in np.ndenumerate(labels.numpy()):
+        if label < layer.shortlist_size:
+            result[index] = head[index][label]
+            continue
+        i = next(i for i, (start, stop) in enumerate(layer.clusters) if start <= label < stop)
+        tail = log_softmax(h[index] @ layer.tail_projections[i].numpy() @ layer.tail_kernels[i].numpy()
+                           + layer.tail_biases[i].numpy())
+        result[index] = head[index][layer.shortlist_size + i] + tail[label - layer.clusters[i][0]]
+    return result
+
+
+@pytest.mark.parametrize("gather_rows", [False, True])
+def test_nll_matches_a_numpy_reference(gather_rows):
+    layer = built_layer((10, 30))
+    hidden, labels = random_inputs(batch=4, length=12)
+    expected = -numpy_log_prob(layer, hidden, labels)
+    np.testing.assert_allclose(layer(hidden, labels, gather_rows=gather_rows).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_gathered_rows_give_the_same_loss_and_gradients():
     layer = built_layer((10, 30))
     hidden, labels = random_inputs()
