@@ -152,12 +152,21 @@ class AdaptiveSoftmax(keras.layers.Layer):
         return tf.concat(parts, axis=-1)
 
     @staticmethod
-    def multiply_adds(d_model, vocab_size, cutoffs=(), proj_factor=4, proj_dims=None):
-        """Multiply-adds per token with every cluster computed (the layer's cost, training or not)."""
+    def multiply_adds(d_model, vocab_size, cutoffs=(), proj_factor=4, proj_dims=None, tail_shares=None):
+        """Multiply-adds per token: the head, plus each tail cluster weighted by tail_shares.
+
+        tail_shares: the fraction of tokens whose label lies in each tail cluster, which is all the
+        training loss needs of a tail; None counts every tail for every token (what log_probs and
+        a step compiled with XLA compute).
+        """
         bounds = list(cutoffs) + [vocab_size]
         dims = tail_projection_dims(d_model, len(cutoffs), proj_factor, proj_dims)
+        shares = [1.0] * len(cutoffs) if tail_shares is None else list(tail_shares)
+        if len(shares) != len(cutoffs):
+            raise ValueError(f"tail_shares={shares} must give one share per tail cluster ({len(cutoffs)}).")
         head = d_model * (bounds[0] + len(cutoffs))
-        tails = sum(d_model * dim + dim * (stop - start) for dim, start, stop in zip(dims, bounds[:-1], bounds[1:]))
+        tails = sum(share * (d_model * dim + dim * (stop - start))
+                    for share, dim, start, stop in zip(shares, dims, bounds[:-1], bounds[1:]))
         return head + tails
 
     def get_config(self):

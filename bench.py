@@ -7,7 +7,8 @@ Every model flag of train.py is accepted. The data is a Zipf-distributed token s
 TFRecords and read back through the real input pipeline, so the steps see what training sees. For
 each architecture it times the real compiled training step (train.Trainer) and evaluation step,
 one step at a time after warm-up, and reports medians. MFU is the analytic model FLOPs per second
-(model.flops_per_token) over a dense matmul peak measured in the same process, dtype and threads.
+(model.flops_per_token, each adaptive softmax tail counted for the stream's share of tokens in it)
+over a dense matmul peak measured in the same process, dtype and threads.
 """
 import dataclasses
 import json
@@ -35,9 +36,16 @@ def zipf_stream(num_tokens, vocab_size, seed=0):
 
 
 def synthetic_dataset(directory, vocab_size, batch_size, seq_len, num_batches):
-    """Context-batched TFRecords plus metadata for a Zipf stream, every split the same."""
+    """Context-batched TFRecords plus metadata for a Zipf stream, every split the same; returns the stream."""
     stream = zipf_stream(batch_size * (num_batches * seq_len + 1), vocab_size)
     data_utils.write_stream_dataset(directory, stream, vocab_size, batch_size, seq_len)
+    return stream
+
+
+def tail_shares(stream, cutoffs, vocab_size):
+    """The fraction of the stream's tokens in each adaptive softmax tail cluster."""
+    bounds = list(cutoffs) + [vocab_size]
+    return [float(np.mean((stream >= start) & (stream < stop))) for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
 def median_seconds(run, steps, warmup):
@@ -69,7 +77,7 @@ def data_tokens_per_second(data_dir, tokens_per_batch):
     return batches * tokens_per_batch / (time.perf_counter() - start)
 
 
-def bench_architecture(model_config, train_config, data_dir, batch_size, seq_len, steps, warmup, strategy):
+def bench_architecture(model_config, train_config, data_dir, batch_size, seq_len, steps, warmup, strategy, shares):
     trainer = train.Trainer(model_config, train_config, steps_per_epoch=1000, batch_size=batch_size, strategy=strategy)
     batches = iter(data_utils.make_dataset(data_dir, "train").repeat())
     train_seconds = median_seconds(lambda: trainer.train_step(*next(batches)).numpy(), steps, warmup)
@@ -86,8 +94,8 @@ def bench_architecture(model_config, train_config, data_dir, batch_size, seq_len
     return dict(
         train_ms_per_step=1000 * train_seconds, train_tokens_per_second=tokens / train_seconds,
         eval_ms_per_step=1000 * eval_seconds, eval_tokens_per_second=tokens / eval_seconds,
-        train_flops_per_step=flops_per_token(model_config, seq_len, training=True) * tokens,
-        eval_flops_per_step=flops_per_token(model_config, seq_len) * tokens,
+        train_flops_per_step=flops_per_token(model_config, seq_len, training=True, tail_shares=shares) * tokens,
+        eval_flops_per_step=flops_per_token(model_config, seq_len, tail_shares=shares) * tokens,
     )
 
 
@@ -118,13 +126,15 @@ def main(argv):
     )
     report["matmul_peak_flops"] = matmul_peak_flops(compute_dtype)
     with tempfile.TemporaryDirectory() as data_dir:
-        synthetic_dataset(data_dir, vocab_size, flag_values.batch_size, flag_values.seq_len,
-                          num_batches=flag_values.steps + flag_values.warmup_steps_bench + 2)
+        stream = synthetic_dataset(data_dir, vocab_size, flag_values.batch_size, flag_values.seq_len,
+                                   num_batches=flag_values.steps + flag_values.warmup_steps_bench + 2)
+        report["tail_shares"] = tail_shares(stream, model_config.cutoffs, vocab_size)
         report["data_tokens_per_second"] = data_tokens_per_second(data_dir, flag_values.batch_size * flag_values.seq_len)
         for architecture in architectures:
             config = dataclasses.replace(model_config, architecture=None if architecture == "supernet" else architecture)
             result = bench_architecture(config, train_config, data_dir, flag_values.batch_size, flag_values.seq_len,
-                                        flag_values.steps, flag_values.warmup_steps_bench, strategy)
+                                        flag_values.steps, flag_values.warmup_steps_bench, strategy,
+                                        report["tail_shares"])
             for kind in ("train", "eval"):
                 result[f"{kind}_mfu"] = result[f"{kind}_flops_per_step"] / (result[f"{kind}_ms_per_step"] / 1000) / report["matmul_peak_flops"]
             result["xla_train"] = train.use_xla(train_config.jit_compile, "train")

@@ -570,8 +570,8 @@ def count_parameters(model):
     return counts
 
 
-def flops_per_token(config, seq_len, training=False):
-    """Analytic FLOPs per token for segments of seq_len tokens (a multiply-add is 2 FLOPs).
+def flops_per_token(config, seq_len, training=False, tail_shares=None):
+    """Analytic model FLOPs per token for segments of seq_len tokens (a multiply-add is 2 FLOPs).
 
     Matmuls only. With D = d_model, A = num_heads * d_head, F = d_ffn, T = seq_len and
     K = mem_len + T keys:
@@ -581,8 +581,9 @@ def flops_per_token(config, seq_len, training=False):
                                               as the batch shares it)
                        + 3 * 2*A*K             content scores, position scores, weighted values
       dense block      2 * 2*D*F
-      output layer     2 * AdaptiveSoftmax.multiply_adds: head and every tail cluster, for every
-                       token (the layer computes them all in training too, for static shapes)
+      output layer     2 * AdaptiveSoftmax.multiply_adds: the head, and each tail cluster for the
+                       share of tokens whose label lies in it (tail_shares, e.g. from the unigram
+                       frequencies); tail_shares=None counts every tail for every token
     The SuperNet runs attention and dense in every block; a fixed architecture only its named
     blocks. Embedding lookup, layer norms, softmaxes, the rel-shift and Gumbel mixing (O(D) or
     O(H*K) per token) are left out. training=True is 3x: the backward pass costs about twice the forward.
@@ -592,5 +593,5 @@ def flops_per_token(config, seq_len, training=False):
     dense = 2 * 2 * d_model * config.d_ffn
     blocks = sum(attention * ("A" in kinds) + dense * ("D" in kinds) for kinds in config.block_kinds)
     forward = blocks + 2 * AdaptiveSoftmax.multiply_adds(d_model, config.vocab_size, config.cutoffs,
-                                                         config.proj_factor, config.proj_dims)
+                                                         config.proj_factor, config.proj_dims, tail_shares)
     return 3 * forward if training else forward

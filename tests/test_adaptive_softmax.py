@@ -128,6 +128,12 @@ def test_multiply_adds_matches_the_weights_it_multiplies():
     layer = built_layer((10, 30))
     kernels = [layer.head_kernel] + layer.tail_projections + layer.tail_kernels
     assert AdaptiveSoftmax.multiply_adds(D_MODEL, VOCAB, (10, 30)) == sum(int(np.prod(k.shape)) for k in kernels)
+    # A tail counts only for its share of tokens: half the first tail's tokens, none of the second's.
+    first_tail = int(np.prod(layer.tail_projections[0].shape) + np.prod(layer.tail_kernels[0].shape))
+    head = int(np.prod(layer.head_kernel.shape))
+    assert AdaptiveSoftmax.multiply_adds(D_MODEL, VOCAB, (10, 30), tail_shares=(0.5, 0.0)) == head + 0.5 * first_tail
+    with pytest.raises(ValueError, match="tail_shares"):
+        AdaptiveSoftmax.multiply_adds(D_MODEL, VOCAB, (10, 30), tail_shares=(0.5,))
 
 
 def test_compiled_loss_and_gradients_match_eager():

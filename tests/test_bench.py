@@ -1,0 +1,36 @@
+"""bench.py: the tail shares its MFU counts, and one tiny end-to-end run of the report."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bench
+from conftest import REPO_ROOT
+
+
+def test_tail_shares_count_each_clusters_tokens():
+    stream = np.array([1, 5, 9, 10, 11, 29, 30, 31, 49, 3])
+    assert bench.tail_shares(stream, (10, 30), 50) == [0.3, 0.3]  # 10, 11, 29 and 30, 31, 49.
+    zipf = bench.zipf_stream(20000, 100)
+    assert zipf.min() >= 1 and zipf.max() < 100 and np.mean(zipf == 1) > np.mean(zipf == 2) > np.mean(zipf == 50)
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_writes_a_complete_report(tmp_path):
+    output = tmp_path / "bench.json"
+    command = [sys.executable, "bench.py", "--vocab_size=64", "--cutoffs=8,24", "--d_model=16", "--num_heads=2",
+               "--d_ffn=32", "--num_layers=2", "--mem_len=4", "--batch_size=4", "--seq_len=8", "--steps=3",
+               "--warmup_steps_bench=1", "--architectures=supernet,AD", f"--output={output}"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert set(report["results"]) == {"supernet", "AD"}
+    assert report["matmul_peak_flops"] > 0 and report["data_tokens_per_second"] > 0 and len(report["tail_shares"]) == 2
+    for figures in report["results"].values():
+        assert figures["train_ms_per_step"] > 0 and figures["eval_ms_per_step"] > 0 and figures["train_mfu"] > 0
+    # The SuperNet runs both candidates of each block, so it costs more FLOPs than the fixed "AD".
+    assert report["results"]["supernet"]["train_flops_per_step"] > report["results"]["AD"]["train_flops_per_step"]
+    table = result.stdout.splitlines()
+    assert any(line.split()[:1] == ["supernet"] for line in table) and any(line.split()[:1] == ["AD"] for line in table)
