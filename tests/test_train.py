@@ -1,8 +1,13 @@
 """train.py, evaluate.py and generate.py: learning, exact resume, the NaN guard and the whole loop."""
+import contextlib
 import json
 import math
+import os
+import pathlib
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -189,16 +194,20 @@ def test_half_precision_training_tracks_float32(tmp_path):
 DISTRIBUTED_RUN = """
 import json, sys
 import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+if "mirrored" in sys.argv[2:]:  # Two logical CPUs, one for each replica.
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import data_utils, train
 from model import ModelConfig
+strategies = {"single": tf.distribute.get_strategy, "multi_worker": lambda: train.make_strategy("multi_worker"),
+              "mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
 model_config = ModelConfig(vocab_size=30, cutoffs=(8, 16), d_model=16, num_heads=2, d_ffn=32, num_layers=3, mem_len=4,
                            dropout_rate=0.0)
 losses = {}
-for name, strategy in [("single", tf.distribute.get_strategy()),
-                       ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:
+for name in sys.argv[2:]:
+    strategy = strategies[name]()
     trainer = train.Trainer(model_config, train.TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=5), 30, 4, strategy)
+    losses[name + "_replicas"] = strategy.num_replicas_in_sync
     losses[name] = []
     for inputs, targets in data_utils.make_dataset(sys.argv[1], "train").take(30):
         losses[name].append(float(trainer.train_step(inputs, targets)))
@@ -208,13 +217,16 @@ print(json.dumps(losses))
 """
 
 
+def distributed_data(tmp_path):
+    return data_utils.write_stream_dataset(tmp_path / "data", np.random.default_rng(1).integers(1, 30, 1200),
+                                           vocab_size=30, batch_size=4, seq_len=8)
+
+
 @pytest.mark.slow
 def test_mirrored_strategy_over_two_devices_matches_one_device(tmp_path):
     """Each replica keeps its rows (and their memory); the summed metrics give the same loss trajectory."""
-    data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.random.default_rng(1).integers(1, 30, 1200),
-                                    vocab_size=30, batch_size=4, seq_len=8)
-    result = subprocess.run([sys.executable, "-c", DISTRIBUTED_RUN, str(data_dir)], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", DISTRIBUTED_RUN, str(distributed_data(tmp_path)), "single",
+                             "mirrored"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     losses = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(losses["single"]) == 30
@@ -222,3 +234,71 @@ def test_mirrored_strategy_over_two_devices_matches_one_device(tmp_path):
     np.testing.assert_allclose(losses["mirrored"][:2], losses["single"][:2], rtol=1e-5)
     # Later steps drift by float summation order, which Adam's normalisation amplifies at first.
     np.testing.assert_allclose(losses["mirrored"], losses["single"], rtol=5e-3)
+
+
+@contextlib.contextmanager
+def reserved_loopback_ports(count):
+    """Free ports on 127.0.0.1, kept bound (not listening) until the block ends so that nothing else takes them.
+
+    SO_REUSEADDR lets the workers' gRPC servers, which set it too, bind and listen on them meanwhile.
+    """
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+        yield [sock.getsockname()[1] for sock in sockets]
+
+
+def run_together(commands, log_dir, timeout=300):
+    """Starts every (argv, env) command at once and returns their stdouts.
+
+    At the first failure, or after `timeout` seconds, the others are killed (exit -9): a worker whose
+    peer died would otherwise wait on its collectives. Nothing is left running, whatever happens.
+    """
+    logs = [log_dir / f"process_{i}" for i in range(len(commands))]
+    processes = []
+    try:
+        for (argv, env), log in zip(commands, logs):
+            with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
+                processes.append(subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=out, stderr=err))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            codes = [process.poll() for process in processes]
+            if None not in codes or any(codes):
+                break
+            time.sleep(0.2)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    failed = [f"process {i} exited {p.returncode}:\n" + pathlib.Path(f"{log}.err").read_text()[-2000:]
+              for i, (p, log) in enumerate(zip(processes, logs)) if p.returncode]
+    assert not failed, "\n".join(failed)
+    return [pathlib.Path(f"{log}.out").read_text() for log in logs]
+
+
+@pytest.mark.slow
+def test_multi_worker_strategy_over_two_processes_matches_one_device(tmp_path):
+    """--strategy=multi_worker: two worker processes on 127.0.0.1 exchange memory rows and metrics by collectives.
+
+    Each worker's one replica takes its rows of the global batch, as under MirroredStrategy, so the loss
+    trajectory must be the single-device one; both workers must report it.
+    """
+    script = [sys.executable, "-c", DISTRIBUTED_RUN, str(distributed_data(tmp_path))]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    with reserved_loopback_ports(2) as ports:
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+        workers = [(script + ["multi_worker"],
+                    dict(env, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})))
+                   for i in range(2)]
+        outputs = run_together([(script + ["single"], env)] + workers, tmp_path)
+    single, *reports = [json.loads(output.strip().splitlines()[-1]) for output in outputs]
+    assert len(single["single"]) == 30
+    assert [report["multi_worker_replicas"] for report in reports] == [2, 2]
+    assert reports[1]["multi_worker"] == reports[0]["multi_worker"]
+    losses = reports[0]
+    np.testing.assert_allclose(losses["multi_worker_memory"], single["single_memory"], atol=1e-5)
+    np.testing.assert_allclose(losses["multi_worker"][:2], single["single"][:2], rtol=1e-5)
+    np.testing.assert_allclose(losses["multi_worker"], single["single"], rtol=5e-3)
