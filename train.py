@@ -90,8 +90,13 @@ def dtype_policy(precision):
     return POLICIES[precision]
 
 
+@functools.lru_cache(maxsize=None)
 def make_strategy(name):
-    """The tf.distribute strategy named by --strategy (multi_worker reads TF_CONFIG; tpu finds the Colab/Cloud TPU)."""
+    """The tf.distribute strategy named by --strategy (multi_worker reads TF_CONFIG; tpu finds the Colab/Cloud TPU).
+
+    One per name and process: MultiWorkerMirroredStrategy must be made before any other TensorFlow work
+    (main makes it first) and train_and_evaluate then gets that same one.
+    """
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -104,6 +109,31 @@ def make_strategy(name):
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"--strategy {name!r}: expected default, mirrored, multi_worker or tpu.")
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's files: every process but a multi-worker strategy's non-chief workers.
+
+    As in TensorFlow's multi-worker tutorials, the chief is the task of type "chief", or worker 0 when the
+    cluster has none. Strategies without a cluster (default, mirrored) have one process, the chief.
+    """
+    resolver = strategy.cluster_resolver
+    if resolver is None or resolver.task_type is None:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief)
+
+
+def checkpoint_write_dir(run_dir, strategy):
+    """Where this process saves checkpoints: run_dir/checkpoints on the chief.
+
+    Under MultiWorkerMirroredStrategy every worker must save (saving reads the distributed variables
+    collectively), so each other worker saves into a temporary directory of its own,
+    run_dir/workertemp_<task id>/checkpoints, and deletes run_dir/workertemp_<task id> after each save.
+    """
+    if is_chief(strategy):
+        return run_dir / "checkpoints"
+    return run_dir / f"workertemp_{strategy.cluster_resolver.task_id}" / "checkpoints"
 
 
 def make_weight_optimizer(config, total_steps):
@@ -310,15 +340,18 @@ def config_record(model_config, config, data_dir, metadata):
                 data_dir=str(pathlib.Path(data_dir).resolve()))
 
 
-def check_or_save_config(run_dir, record):
-    """Saves the run's config beside its checkpoints; refuses to resume a run made with another.
+def check_or_save_config(run_dir, record, save=True):
+    """Saves the run's config beside its checkpoints (unless not `save`); refuses to resume a run made with another.
 
-    The dataset is compared by content (its build settings and sources), not by its path.
+    The dataset is compared by content (its build settings and sources), not by its path. The file is
+    written whole under another name and then renamed, so other workers never read half of it.
     """
     path = run_dir / "config.json"
     record = json.loads(json.dumps(record))  # Tuples become lists, as they do on disk.
     if not path.is_file():
-        path.write_text(json.dumps(record, indent=1))
+        if save:
+            path.with_suffix(".json.tmp").write_text(json.dumps(record, indent=1))
+            path.with_suffix(".json.tmp").replace(path)
         return
     saved = json.loads(path.read_text())
     changed = [f"{part}.{key}: {saved.get(part, {}).get(key)} -> {value}"
@@ -329,18 +362,20 @@ def check_or_save_config(run_dir, record):
                          f"use another --model_name, or delete {run_dir} to start over.")
 
 
-def make_logger(run_dir):
-    """Logs to the console and to training_log.log in the run directory."""
+def make_logger(run_dir, to_file=True):
+    """Logs to the console and (if `to_file`) to training_log.log in the run directory."""
     logger = logging.getLogger(f"train.{run_dir}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     if not logger.handlers:
-        console, file = logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "training_log.log")
+        console = logging.StreamHandler(sys.stdout)
         # On a terminal the progress bar holds the current line; start each message below it.
         console.setFormatter(logging.Formatter(("\n" if sys.stdout.isatty() else "") + "%(asctime)s %(message)s"))
-        file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(console)
-        logger.addHandler(file)
+        if to_file:
+            file = logging.FileHandler(run_dir / "training_log.log")
+            file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            logger.addHandler(file)
     return logger
 
 
@@ -408,43 +443,53 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     """Trains, validating every epoch, then tests and exports. Resumes from run_dir if it holds a checkpoint.
 
     Returns a dict of the final validation and test results (or {} when stopped early on purpose).
+    Under --strategy=multi_worker every worker runs all of this alike, but only the chief (is_chief)
+    writes into run_dir; the others save their checkpoints into a temporary directory (checkpoint_write_dir).
     """
     metadata = data_utils.load_metadata(data_dir)
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    strategy = make_strategy(options.strategy)
+    chief = is_chief(strategy)
     record = config_record(model_config, config, data_dir, metadata)
-    check_or_save_config(run_dir, record)
-    log = make_logger(run_dir)
+    check_or_save_config(run_dir, record, save=chief)
+    log = make_logger(run_dir, to_file=chief)
     batch_size, seq_len = metadata["batch_size"], metadata["seq_len"]
     steps_per_epoch = metadata["splits"]["train"]["batches"]
-    trainer = Trainer(model_config, config, steps_per_epoch, batch_size, make_strategy(options.strategy))
+    trainer = Trainer(model_config, config, steps_per_epoch, batch_size, strategy)
     model = trainer.model
-    manager = tf.train.CheckpointManager(trainer.checkpoint, run_dir / "checkpoints", max_to_keep=2)
-    best_manager = tf.train.CheckpointManager(trainer.checkpoint, run_dir / "checkpoints" / "best", max_to_keep=1)
-    best_path = run_dir / "checkpoints" / "best" / "best_valid.json"
+    checkpoint_dir, write_dir = run_dir / "checkpoints", checkpoint_write_dir(run_dir, strategy)
+    manager = tf.train.CheckpointManager(trainer.checkpoint, write_dir, max_to_keep=2)
+    best_manager = tf.train.CheckpointManager(trainer.checkpoint, write_dir / "best", max_to_keep=1)
+    best_path = checkpoint_dir / "best" / "best_valid.json"
     best_loss = json.loads(best_path.read_text())["loss"] if best_path.is_file() else float("inf")
-    if manager.latest_checkpoint:
-        trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log.info("Resumed from %s at step %d.", manager.latest_checkpoint, int(trainer.step))
-        forget_pi_after(run_dir / plot_arch.PI_HISTORY_FILE, int(trainer.step))
+    latest = tf.train.latest_checkpoint(checkpoint_dir)  # Every worker resumes from the chief's.
+    if latest:
+        trainer.checkpoint.restore(latest).assert_existing_objects_matched()
+        log.info("Resumed from %s at step %d.", latest, int(trainer.step.numpy()))
+        if chief:
+            forget_pi_after(run_dir / plot_arch.PI_HISTORY_FILE, int(trainer.step.numpy()))
     else:
         log.info("Config: %s", json.dumps(record))
         log.info("Parameters: %s", count_parameters(model))
         log.info("FLOPs per token: training %.3g, inference %.3g",
                  flops_per_token(model_config, seq_len, training=True), flops_per_token(model_config, seq_len))
         model.summary(print_fn=log.info)
-    writers = {name: tf.summary.create_file_writer(str(run_dir / name)) for name in ("train", "valid")}
+    writers = {name: tf.summary.create_file_writer(str(run_dir / name)) if chief else tf.summary.create_noop_writer()
+               for name in ("train", "valid")}
 
     def check_finite():
         try:
             trainer.check_finite()
         except NonFiniteLossError as error:
-            raise NonFiniteLossError(f"{error} Stopped; the last good checkpoint is "
-                                     f"{manager.latest_checkpoint or 'none (none was saved)'}.") from None
+            last_good = tf.train.latest_checkpoint(checkpoint_dir) or "none (none was saved)"
+            raise NonFiniteLossError(f"{error} Stopped; the last good checkpoint is {last_good}.") from None
 
     def save(target_manager=manager):
         check_finite()  # Never let a NaN overwrite the last good checkpoint.
-        return target_manager.save(checkpoint_number=int(trainer.step))
+        target_manager.save(checkpoint_number=int(trainer.step.numpy()))
+        if not chief:
+            shutil.rmtree(write_dir.parent)
 
     def validate(step):
         results = evaluate_both_ways(model, data_utils.make_dataset(data_dir, "valid"),
@@ -454,16 +499,16 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
         with writers["valid"].as_default(step=step):
             for key, value in results.items():
                 tf.summary.scalar(key, value)
-            if model.arch_variables:
+            if model.arch_variables and chief:
                 png = plot_arch.render_pi(model.arch_probabilities(), f"step {step}")
                 tf.summary.image("pi", tf.image.decode_png(png)[None])
         return results
 
-    step = int(trainer.step)
+    step = int(trainer.step.numpy())
     interval_start = time.time()
     valid = None  # The last epoch's validation, reused for the final results.
-    for epoch in range(int(trainer.epoch), config.epochs):
-        done_in_epoch = int(trainer.batch_in_epoch)
+    for epoch in range(int(trainer.epoch.numpy()), config.epochs):
+        done_in_epoch = int(trainer.batch_in_epoch.numpy())
         if done_in_epoch == 0:
             trainer.reset_memory()
         log.info("Epoch %d/%d from batch %d.", epoch + 1, config.epochs, done_in_epoch)
@@ -483,7 +528,7 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
                     for key, value in scalars.items():
                         tf.summary.scalar(key, value)
                 log.info("step %d %s", step, " ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
-                if model.arch_variables:
+                if model.arch_variables and chief:
                     write_pi(trainer, run_dir, writers["train"], step)
                 progress.update(done_in_epoch, [("loss", loss)])
             if step % options.checkpoint_every == 0:
@@ -499,7 +544,8 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
         if valid["loss"] < best_loss:
             best_loss = valid["loss"]
             save(best_manager)
-            best_path.write_text(json.dumps(dict(step=step, **valid)))
+            if chief:
+                best_path.write_text(json.dumps(dict(step=step, **valid)))
 
     check_finite()
     results = {"valid_" + k: v for k, v in (valid or validate(step)).items()}
@@ -510,12 +556,15 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
         for key, value in test.items():
             tf.summary.scalar("test_" + key, value)
     results.update({"test_" + k: v for k, v in test.items()})
-    export(model, run_dir, data_dir)
-    if model.arch_variables and (run_dir / plot_arch.PI_HISTORY_FILE).is_file():
-        architecture = plot_arch.plot_history(run_dir)
-        log.info("Derived architecture: --architecture=%s (pi.gif and pi.png in %s)", architecture, run_dir)
-        results["derived_architecture"] = architecture
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    if model.arch_variables:
+        results["derived_architecture"] = model.derived_architecture()
+        log.info("Derived architecture: --architecture=%s", results["derived_architecture"])
+    if chief:
+        export(model, run_dir, data_dir)
+        if model.arch_variables and (run_dir / plot_arch.PI_HISTORY_FILE).is_file():
+            plot_arch.plot_history(run_dir)
+            log.info("pi.gif and pi.png in %s", run_dir)
+        (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     for writer in writers.values():
         writer.flush()
     return results
@@ -581,6 +630,7 @@ def main(argv):
     try:
         metadata = data_utils.load_metadata(flag_values.data_dir)
         model_config, config, options = configs_from_flags(flag_values, metadata["vocab_size"])
+        make_strategy(options.strategy)  # First: MultiWorkerMirroredStrategy refuses to start after any TF op.
         # Bad --opt_name, --precision or --jit_compile fail now, before any work.
         make_weight_optimizer(config, 1), dtype_policy(config.precision), use_xla(config.jit_compile, "eval")
         results = train_and_evaluate(model_config, config, flag_values.data_dir,

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -302,3 +303,69 @@ def test_multi_worker_strategy_over_two_processes_matches_one_device(tmp_path):
     np.testing.assert_allclose(losses["multi_worker_memory"], single["single_memory"], atol=1e-5)
     np.testing.assert_allclose(losses["multi_worker"][:2], single["single"][:2], rtol=1e-5)
     np.testing.assert_allclose(losses["multi_worker"], single["single"], rtol=5e-3)
+
+
+def test_the_chief_is_task_chief_or_else_worker_0_and_only_it_saves_into_the_run(tmp_path):
+    def strategy(cluster, task_type, task_id):
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+        return types.SimpleNamespace(cluster_resolver=resolver)
+
+    workers = {"worker": ["localhost:1", "localhost:2"]}
+    with_chief = {"chief": ["localhost:3"], **workers}
+    assert train.is_chief(tf.distribute.get_strategy())
+    assert train.is_chief(strategy(workers, "worker", 0)) and not train.is_chief(strategy(workers, "worker", 1))
+    assert train.is_chief(strategy(with_chief, "chief", 0)) and not train.is_chief(strategy(with_chief, "worker", 0))
+    assert train.checkpoint_write_dir(tmp_path, strategy(workers, "worker", 0)) == tmp_path / "checkpoints"
+    assert train.checkpoint_write_dir(tmp_path, strategy(workers, "worker", 1)) == tmp_path / "workertemp_1" / "checkpoints"
+
+
+def printed_results(output):
+    """The results dict train.py prints last (indented JSON after the logs), or None if it printed none."""
+    start = output.rfind("\n{\n")
+    return json.loads(output[start + 1:]) if start >= 0 else None
+
+
+@pytest.mark.slow
+def test_multi_worker_train_py_writes_one_run_directory_and_resumes(tmp_path):
+    """train.py --strategy=multi_worker as two workers sharing --logdir: only the chief (worker 0) writes the run;
+    worker 1 saves its checkpoints into a directory of its own and deletes it. A planned pause mid-epoch, then the
+    same command again: both workers resume from the chief's checkpoint and report the same results."""
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.random.default_rng(2).integers(1, 30, 600),
+                                               vocab_size=30, batch_size=4, seq_len=8)
+    steps = data_utils.load_metadata(data_dir)["splits"]["train"]["batches"]
+    run_dir = tmp_path / "logs" / "mw"
+    command = [sys.executable, "train.py", f"--data_dir={data_dir}", f"--logdir={tmp_path / 'logs'}", "--model_name=mw",
+               "--strategy=multi_worker", "--epochs=1", *TINY_FLAGS, "--warmup_steps=2", "--log_every=3",
+               "--checkpoint_every=4"]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    with reserved_loopback_ports(2) as ports:
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+        workers = [dict(env, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+                   for i in range(2)]
+        paused = run_together([(command + ["--stop_after_steps=6"], worker) for worker in workers], tmp_path)
+        assert all("Stopped at step 6" in output and printed_results(output) is None for output in paused)
+        assert sorted(path.name for path in run_dir.iterdir()) == [
+            "checkpoints", "config.json", "pi_history.jsonl", "train", "training_log.log", "valid"]
+        assert tf.train.latest_checkpoint(run_dir / "checkpoints").endswith("ckpt-6")
+        outputs = run_together([(command, worker) for worker in workers], tmp_path)
+
+    assert "Resumed from" in outputs[1] and "ckpt-6 at step 6" in outputs[1]
+    chief, other = [printed_results(output) for output in outputs]
+    assert other == chief
+    assert math.isfinite(chief["valid_perplexity"]) and math.isfinite(chief["test_perplexity"])
+    assert json.loads((run_dir / "results.json").read_text()) == chief
+    # One set of outputs, written once: no worker's temporary directory is left, and each record appears once.
+    assert sorted(path.name for path in run_dir.iterdir()) == [
+        "checkpoints", "config.json", "export", "pi.gif", "pi.png", "pi_history.jsonl", "results.json", "train",
+        "training_log.log", "valid"]
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir() if path.is_dir()) == ["best"]
+    assert tf.train.latest_checkpoint(run_dir / "checkpoints").endswith(f"ckpt-{steps}")
+    assert tf.train.latest_checkpoint(run_dir / "checkpoints" / "best").endswith(f"ckpt-{steps}")
+    assert [json.loads(line)["step"] for line in (run_dir / "pi_history.jsonl").read_text().splitlines()] == list(
+        range(3, steps + 1, 3))
+    log = (run_dir / "training_log.log").read_text()
+    assert log.count("Parameters:") == log.count("Resumed from") == log.count("test:") == 1
+    assert len(list((run_dir / "train").glob("events.out.tfevents.*"))) == 2  # One per invocation of the chief.
+    assert sorted(path.name for path in (run_dir / "export").iterdir()) == [
+        "config.json", "metadata.json", "model.weights.h5"]
