@@ -1,17 +1,20 @@
 """Measures training and evaluation speed, memory and MFU on synthetic context-batched data.
 
-    python bench.py                                  # base_model.sh's configuration, 3 architectures
+    python bench.py                                  # base_model.sh's configuration: 3 architectures x 2 precisions
     python bench.py --architectures=AADDDD --precision=bfloat16 --steps=100
 
-Every model flag of train.py is accepted. The data is a Zipf-distributed token stream written to
-TFRecords and read back through the real input pipeline, so the steps see what training sees. For
-each architecture it times the real compiled training step (train.Trainer) and evaluation step,
-one step at a time after warm-up, and reports medians. MFU is the analytic model FLOPs per second
-(model.flops_per_token, each adaptive softmax tail counted for the stream's share of tokens in it)
-over a dense matmul peak measured in the same process, dtype and threads.
+Every model flag of train.py is accepted (--precision=X limits the run to X). The data is a
+Zipf-distributed token stream written to TFRecords and read back through the real input pipeline,
+so the steps see what training sees. For each architecture and precision it times the real
+training step (train.Trainer) and evaluation step one step at a time after warm-up, and reports
+medians. The measurements are interleaved in rounds, the matmul peak among them, so that a slow
+spell on a shared machine slows every figure alike and the ratios between them hold. MFU is the
+analytic model FLOPs per second (model.flops_per_token, each adaptive softmax tail counted for the
+stream's share of tokens in it) over the dense matmul peak at the same dtype and threads.
 """
 import dataclasses
 import json
+import math
 import os
 import platform
 import resource
@@ -19,6 +22,7 @@ import sys
 import tempfile
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
@@ -48,25 +52,34 @@ def tail_shares(stream, cutoffs, vocab_size):
     return [float(np.mean((stream >= start) & (stream < stop))) for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
-def median_seconds(run, steps, warmup):
-    """Median wall time of `run()` over `steps` calls after `warmup` calls; run() must block until done."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+def interleaved_median_seconds(runs, steps, warmup, rounds=5):
+    """{name: median wall seconds of runs[name]()} over `steps` timed calls each, after `warmup` calls.
+
+    The timed calls go in `rounds` slices, every run in turn within a round, so that a slow spell
+    of a shared machine lands on all runs alike. Each run() must block until its work is done.
+    """
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            for _ in range(math.ceil(steps / rounds)):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(seconds)) for name, seconds in times.items()}
 
 
-def matmul_peak_flops(dtype, size=2048, repeats=20):
-    """FLOP/s of a square matmul chain, the dense peak MFU is measured against."""
-    a = tf.random.normal([size, size], dtype=tf.float32)
+MATMUL_SIZE = 2048  # The peak's square matmul: 2 * MATMUL_SIZE**3 FLOPs a call.
+
+
+def matmul_run(dtype):
+    """One square matmul at `dtype`, the dense peak that MFU is measured against."""
+    a = tf.random.normal([MATMUL_SIZE, MATMUL_SIZE], dtype=tf.float32)
     a, b = tf.cast(a, dtype), tf.cast(tf.transpose(a), dtype)
     matmul = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.matmul(x, y), tf.float32)))
-    seconds = median_seconds(lambda: matmul(a, b).numpy(), repeats, warmup=3)
-    return 2 * size**3 / seconds
+    return lambda: matmul(a, b).numpy()
 
 
 def data_tokens_per_second(data_dir, tokens_per_batch):
@@ -77,10 +90,10 @@ def data_tokens_per_second(data_dir, tokens_per_batch):
     return batches * tokens_per_batch / (time.perf_counter() - start)
 
 
-def bench_architecture(model_config, train_config, data_dir, batch_size, seq_len, steps, warmup, strategy, shares):
+def step_runs(model_config, train_config, data_dir, batch_size, strategy):
+    """(train, eval) callables that each run one real step on the next batch and wait for it."""
     trainer = train.Trainer(model_config, train_config, steps_per_epoch=1000, batch_size=batch_size, strategy=strategy)
     batches = iter(data_utils.make_dataset(data_dir, "train").repeat())
-    train_seconds = median_seconds(lambda: trainer.train_step(*next(batches)).numpy(), steps, warmup)
     model = trainer.model
     eval_step = train.evaluation_step(model, model.eval_mode, train.use_xla(train_config.jit_compile, "eval"))
     memory = [model.initial_memory(batch_size)]
@@ -89,14 +102,18 @@ def bench_architecture(model_config, train_config, data_dir, batch_size, seq_len
         nll, _, memory[0] = eval_step(*next(batches), memory[0])
         nll.numpy()
 
-    eval_seconds = median_seconds(evaluate_once, steps, warmup)
+    return (lambda: trainer.train_step(*next(batches)).numpy()), evaluate_once
+
+
+def figures(model_config, seconds, peak, batch_size, seq_len, shares):
+    """ms/step, tokens/s and MFU of the train and eval steps from their median seconds."""
     tokens = batch_size * seq_len
-    return dict(
-        train_ms_per_step=1000 * train_seconds, train_tokens_per_second=tokens / train_seconds,
-        eval_ms_per_step=1000 * eval_seconds, eval_tokens_per_second=tokens / eval_seconds,
-        train_flops_per_step=flops_per_token(model_config, seq_len, training=True, tail_shares=shares) * tokens,
-        eval_flops_per_step=flops_per_token(model_config, seq_len, tail_shares=shares) * tokens,
-    )
+    result = {}
+    for kind in ("train", "eval"):
+        flops = flops_per_token(model_config, seq_len, training=kind == "train", tail_shares=shares) * tokens
+        result.update({f"{kind}_ms_per_step": 1000 * seconds[kind], f"{kind}_tokens_per_second": tokens / seconds[kind],
+                       f"{kind}_flops_per_step": flops, f"{kind}_mfu": flops / seconds[kind] / peak})
+    return result
 
 
 def device_name():
@@ -112,33 +129,39 @@ def device_name():
 
 def main(argv):
     flag_values = FLAGS
-    vocab_size = flag_values.vocab_size
+    vocab_size, batch_size, seq_len = flag_values.vocab_size, flag_values.batch_size, flag_values.seq_len
     model_config, train_config, run_options = train.configs_from_flags(flag_values, vocab_size)
+    precisions = [train_config.precision] if flag_values["precision"].present else flag_values.precisions
     strategy = train.make_strategy(run_options.strategy)
-    compute_dtype = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}[train_config.precision]
-    architectures = flag_values.architectures
     report = dict(
         tensorflow=tf.__version__, device=device_name(), cpu_count=os.cpu_count(),
         intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
         inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads() or "default",
-        precision=train_config.precision, strategy=run_options.strategy, replicas=strategy.num_replicas_in_sync, jit_compile=train_config.jit_compile, batch_size=flag_values.batch_size,
-        seq_len=flag_values.seq_len, vocab_size=vocab_size, steps=flag_values.steps, command=sys.argv, results={},
+        strategy=run_options.strategy, replicas=strategy.num_replicas_in_sync, jit_compile=train_config.jit_compile,
+        xla_train=train.use_xla(train_config.jit_compile, "train"), batch_size=batch_size, seq_len=seq_len,
+        vocab_size=vocab_size, steps=flag_values.steps, command=sys.argv, matmul_peak_flops={}, results=[],
     )
-    report["matmul_peak_flops"] = matmul_peak_flops(compute_dtype)
     with tempfile.TemporaryDirectory() as data_dir:
-        stream = synthetic_dataset(data_dir, vocab_size, flag_values.batch_size, flag_values.seq_len,
+        stream = synthetic_dataset(data_dir, vocab_size, batch_size, seq_len,
                                    num_batches=flag_values.steps + flag_values.warmup_steps_bench + 2)
         report["tail_shares"] = tail_shares(stream, model_config.cutoffs, vocab_size)
-        report["data_tokens_per_second"] = data_tokens_per_second(data_dir, flag_values.batch_size * flag_values.seq_len)
-        for architecture in architectures:
-            config = dataclasses.replace(model_config, architecture=None if architecture == "supernet" else architecture)
-            result = bench_architecture(config, train_config, data_dir, flag_values.batch_size, flag_values.seq_len,
-                                        flag_values.steps, flag_values.warmup_steps_bench, strategy,
-                                        report["tail_shares"])
-            for kind in ("train", "eval"):
-                result[f"{kind}_mfu"] = result[f"{kind}_flops_per_step"] / (result[f"{kind}_ms_per_step"] / 1000) / report["matmul_peak_flops"]
-            result["xla_train"] = train.use_xla(train_config.jit_compile, "train")
-            report["results"][architecture] = result
+        report["data_tokens_per_second"] = data_tokens_per_second(data_dir, batch_size * seq_len)
+        configs = {architecture: dataclasses.replace(model_config, architecture=None if architecture == "supernet"
+                                                     else architecture) for architecture in flag_values.architectures}
+        runs = {}
+        for precision in precisions:
+            runs[("matmul", precision)] = matmul_run(keras.DTypePolicy(train.dtype_policy(precision)).compute_dtype)
+            for architecture, config in configs.items():
+                train_run, eval_run = step_runs(config, dataclasses.replace(train_config, precision=precision),
+                                                data_dir, batch_size, strategy)
+                runs[(architecture, precision, "train")], runs[(architecture, precision, "eval")] = train_run, eval_run
+        seconds = interleaved_median_seconds(runs, flag_values.steps, flag_values.warmup_steps_bench)
+    for precision in precisions:
+        peak = report["matmul_peak_flops"][precision] = 2 * MATMUL_SIZE**3 / seconds[("matmul", precision)]
+        for architecture, config in configs.items():
+            step_seconds = {kind: seconds[(architecture, precision, kind)] for kind in ("train", "eval")}
+            report["results"].append(dict(architecture=architecture, precision=precision,
+                                          **figures(config, step_seconds, peak, batch_size, seq_len, report["tail_shares"])))
     report["peak_host_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print_table(report)
     with open(flag_values.output, "w") as f:
@@ -147,16 +170,24 @@ def main(argv):
 
 
 def print_table(report):
+    peaks = ", ".join(f"{precision} {flops / 1e9:.0f}" for precision, flops in report["matmul_peak_flops"].items())
     print(f"TensorFlow {report['tensorflow']} on {report['device']} ({report['cpu_count']} CPUs, "
-          f"intra-op threads {report['intra_op_threads']}), {report['precision']}, --jit_compile={report['jit_compile']}, "
-          f"batch {report['batch_size']} x seq_len {report['seq_len']}")
-    print(f"matmul peak {report['matmul_peak_flops'] / 1e9:.1f} GFLOP/s; input pipeline "
-          f"{report['data_tokens_per_second']:,.0f} tokens/s; peak host memory {report['peak_host_memory_mib']:,.0f} MiB")
-    print(f"{'architecture':>12} {'train ms':>9} {'train tok/s':>12} {'train MFU':>9} {'train XLA':>9} {'eval ms':>8} "
-          f"{'eval tok/s':>11} {'eval MFU':>8}")
-    for name, r in report["results"].items():
-        print(f"{name:>12} {r['train_ms_per_step']:9.1f} {r['train_tokens_per_second']:12,.0f} {r['train_mfu']:9.2f} "
-              f"{str(r['xla_train']):>9} {r['eval_ms_per_step']:8.1f} {r['eval_tokens_per_second']:11,.0f} {r['eval_mfu']:8.2f}")
+          f"intra-op threads {report['intra_op_threads']}), --jit_compile={report['jit_compile']} "
+          f"(training with XLA: {report['xla_train']}), batch {report['batch_size']} x seq_len {report['seq_len']}")
+    print(f"matmul peak GFLOP/s: {peaks}; input pipeline {report['data_tokens_per_second']:,.0f} tokens/s; "
+          f"peak host memory {report['peak_host_memory_mib']:,.0f} MiB")
+    print(f"{'architecture':>12} {'precision':>9} {'train ms':>9} {'train tok/s':>12} {'train MFU':>9} "
+          f"{'eval ms':>8} {'eval tok/s':>11} {'eval MFU':>8} {'train/eval':>10}")
+    for r in report["results"]:
+        print(f"{r['architecture']:>12} {r['precision']:>9} {r['train_ms_per_step']:9.1f} "
+              f"{r['train_tokens_per_second']:12,.0f} {r['train_mfu']:9.2f} {r['eval_ms_per_step']:8.1f} "
+              f"{r['eval_tokens_per_second']:11,.0f} {r['eval_mfu']:8.2f} "
+              f"{r['train_ms_per_step'] / r['eval_ms_per_step']:9.2f}x")
+    float32 = {r["architecture"]: r for r in report["results"] if r["precision"] == "float32"}
+    for r in report["results"]:
+        if r["precision"] != "float32" and r["architecture"] in float32:
+            print(f"{r['architecture']}: the {r['precision']} train step takes "
+                  f"{r['train_ms_per_step'] / float32[r['architecture']]['train_ms_per_step']:.2f}x float32's time")
 
 
 if __name__ == "__main__":
@@ -164,8 +195,9 @@ if __name__ == "__main__":
     flags.DEFINE_integer("vocab_size", 12000, "Vocabulary of the synthetic data (the default dataset's).")
     flags.DEFINE_integer("batch_size", 32, "Rows per batch.")
     flags.DEFINE_integer("seq_len", 32, "Tokens per segment.")
-    flags.DEFINE_integer("steps", 60, "Timed steps per measurement (after warm-up).")
+    flags.DEFINE_integer("steps", 60, "Timed steps per measurement (after warm-up), in 5 interleaved rounds.")
     flags.DEFINE_integer("warmup_steps_bench", 5, "Untimed steps first (compilation happens here).")
     flags.DEFINE_list("architectures", ["supernet", "AADDDD", "AAAAAA"], "'supernet' or fixed architecture strings.")
+    flags.DEFINE_list("precisions", ["float32", "bfloat16"], "Compute dtypes to compare; --precision=X sets just X.")
     flags.DEFINE_string("output", "bench.json", "Where the JSON report goes.")
     app.run(main)

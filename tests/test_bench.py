@@ -26,11 +26,13 @@ def test_tiny_benchmark_writes_a_complete_report(tmp_path):
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
-    assert set(report["results"]) == {"supernet", "AD"}
-    assert report["matmul_peak_flops"] > 0 and report["data_tokens_per_second"] > 0 and len(report["tail_shares"]) == 2
-    for figures in report["results"].values():
+    results = {(r["architecture"], r["precision"]): r for r in report["results"]}
+    assert set(results) == {(a, p) for a in ("supernet", "AD") for p in ("float32", "bfloat16")}
+    assert set(report["matmul_peak_flops"]) == {"float32", "bfloat16"}
+    assert report["data_tokens_per_second"] > 0 and len(report["tail_shares"]) == 2
+    for figures in results.values():
         assert figures["train_ms_per_step"] > 0 and figures["eval_ms_per_step"] > 0 and figures["train_mfu"] > 0
     # The SuperNet runs both candidates of each block, so it costs more FLOPs than the fixed "AD".
-    assert report["results"]["supernet"]["train_flops_per_step"] > report["results"]["AD"]["train_flops_per_step"]
-    table = result.stdout.splitlines()
-    assert any(line.split()[:1] == ["supernet"] for line in table) and any(line.split()[:1] == ["AD"] for line in table)
+    assert results["supernet", "float32"]["train_flops_per_step"] > results["AD", "float32"]["train_flops_per_step"]
+    table = [line.split() for line in result.stdout.splitlines()]
+    assert ["supernet", "bfloat16"] in [line[:2] for line in table] and ["AD", "float32"] in [line[:2] for line in table]
