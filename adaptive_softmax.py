@@ -12,6 +12,7 @@ and each tail contributes only its label's logit minus the tail's logsumexp. Whe
 on every row or only on the rows whose label lies in it depends on XLA (see AdaptiveSoftmax).
 """
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -32,6 +33,13 @@ def check_cutoffs(cutoffs, vocab_size):
             raise ValueError(f"cutoffs={given}: {cutoff} is not strictly between {previous} and "
                              f"vocab_size={vocab_size}; give strictly increasing ids, without the vocab size.")
     return cutoffs
+
+
+def tail_shares(unigram, cutoffs):
+    """The probability of each tail cluster under `unigram` (probabilities in id order): the share
+    of tokens whose label lies in it, for AdaptiveSoftmax.multiply_adds."""
+    bounds = list(cutoffs) + [len(unigram)]
+    return [float(np.sum(unigram[start:stop])) for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
 class AdaptiveSoftmax(keras.layers.Layer):

@@ -29,6 +29,7 @@ from absl import app, flags
 
 import data_utils
 import train
+from adaptive_softmax import tail_shares
 from model import flops_per_token
 
 
@@ -45,11 +46,6 @@ def synthetic_dataset(directory, vocab_size, batch_size, seq_len, num_batches):
     data_utils.write_stream_dataset(directory, stream, vocab_size, batch_size, seq_len)
     return stream
 
-
-def tail_shares(stream, cutoffs, vocab_size):
-    """The fraction of the stream's tokens in each adaptive softmax tail cluster."""
-    bounds = list(cutoffs) + [vocab_size]
-    return [float(np.mean((stream >= start) & (stream < stop))) for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
 def interleaved_median_seconds(runs, steps, warmup, rounds=5):
@@ -144,7 +140,7 @@ def main(argv):
     with tempfile.TemporaryDirectory() as data_dir:
         stream = synthetic_dataset(data_dir, vocab_size, batch_size, seq_len,
                                    num_batches=flag_values.steps + flag_values.warmup_steps_bench + 2)
-        report["tail_shares"] = tail_shares(stream, model_config.cutoffs, vocab_size)
+        report["tail_shares"] = tail_shares(np.bincount(stream, minlength=vocab_size) / len(stream), model_config.cutoffs)
         report["data_tokens_per_second"] = data_tokens_per_second(data_dir, batch_size * seq_len)
         configs = {architecture: dataclasses.replace(model_config, architecture=None if architecture == "supernet"
                                                      else architecture) for architecture in flag_values.architectures}

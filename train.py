@@ -27,6 +27,7 @@ import tensorflow as tf
 
 import data_utils
 import plot_arch
+from adaptive_softmax import tail_shares
 from gumbel import ExponentialTauSchedule
 from model import Memory, ModelConfig, TransformerXL, count_parameters, flops_per_token
 
@@ -472,8 +473,12 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     else:
         log.info("Config: %s", json.dumps(record))
         log.info("Parameters: %s", count_parameters(model))
-        log.info("FLOPs per token: training %.3g, inference %.3g",
-                 flops_per_token(model_config, seq_len, training=True), flops_per_token(model_config, seq_len))
+        unigram_path = pathlib.Path(data_dir) / data_utils.UNIGRAM_FILE  # Synthetic datasets have none.
+        shares = ([round(share, 4) for share in tail_shares(np.loadtxt(unigram_path), model_config.cutoffs)]
+                  if unigram_path.is_file() else None)
+        log.info("Model FLOPs per token (each adaptive softmax tail for its share %s of tokens): training %.3g, "
+                 "inference %.3g", shares, flops_per_token(model_config, seq_len, training=True, tail_shares=shares),
+                 flops_per_token(model_config, seq_len, tail_shares=shares))
         model.summary(print_fn=log.info)
     writers = {name: tf.summary.create_file_writer(str(run_dir / name)) if chief else tf.summary.create_noop_writer()
                for name in ("train", "valid")}

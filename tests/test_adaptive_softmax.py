@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from adaptive_softmax import AdaptiveSoftmax, tail_projection_dims
+from adaptive_softmax import AdaptiveSoftmax, tail_projection_dims, tail_shares
 
 VOCAB, D_MODEL = 50, 16
 
@@ -106,6 +106,11 @@ def test_padding_scores_nothing_and_passes_no_gradient(gather_rows):
     gradient = tape.gradient(total, hidden).numpy()
     assert np.all(nll.numpy()[:, :2] == 0) and np.all(nll.numpy()[:, 2:] > 0)
     assert np.all(gradient[:, :2] == 0) and np.all(np.isfinite(gradient)) and np.any(gradient[:, 2:] != 0)
+
+
+def test_tail_shares_count_each_clusters_tokens():
+    stream = np.array([1, 5, 9, 10, 11, 29, 30, 31, 49, 3])  # 10, 11, 29 in the first tail; 30, 31, 49 in the second.
+    np.testing.assert_allclose(tail_shares(np.bincount(stream, minlength=VOCAB) / len(stream), (10, 30)), [0.3, 0.3])
 
 
 @pytest.mark.parametrize("cutoffs", [(30, 10), (10, 10), (10, 50), (0, 10), (60,)])
