@@ -16,6 +16,7 @@ the segment's own T, with H heads of width d_head (N in einsum strings). Memory 
 """
 import contextlib
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -328,8 +329,8 @@ class StochasticBlock(keras.layers.Layer):
 
     Training: weights = Gumbel-softmax(arch_logits, tau), one sample per call ([3]) or per example
     ([B, 3]); with straight_through a hard one-hot forward and soft gradients backward. Not
-    training: deterministic, pi = softmax(arch_logits) ("mix") or one_hot(argmax) ("argmax";
-    every candidate still runs, weighted 1 or 0). arch_logits are logits, never probabilities, and
+    training: deterministic, pi = softmax(arch_logits) ("mix"), or the argmax candidate alone
+    ("argmax", which runs only that candidate). arch_logits are logits, never probabilities, and
     start at zero (uniform pi). The layer owns a SeedGenerator so the Gumbel noise state is a
     variable: checkpointed, and valid inside XLA.
 
@@ -366,6 +367,10 @@ class StochasticBlock(keras.layers.Layer):
 
     def call(self, x, memory=None, valid_length=None, tau=1.0, training=None, eval_mode="mix"):
         """x [B, T, D], memory [B, M, D], valid_length int32, tau float32 scalar -> [B, T, D]."""
+        if not training and eval_mode == "argmax":  # Only the chosen candidate runs.
+            branches = [functools.partial(candidate, x, memory, valid_length, training=False)
+                        for candidate in self.candidates]
+            return tf.switch_case(tf.argmax(self.arch_logits, output_type=tf.int32), branches)
         weights = tf.cast(self.choice_weights(shape_list(x)[0], tau, training, eval_mode), self.compute_dtype)
         if self.gumbel_per_example:
             weights = weights[:, None, None, :]  # [B, 1, 1, 3]

@@ -318,3 +318,15 @@ def test_dropout_keeps_the_expected_fraction_and_rescales(rate):
     np.testing.assert_allclose(outputs[kept], 1 / (1 - rate), rtol=1e-6)
     assert not np.array_equal(layer(tf.ones([200, 500]), training=True).numpy() != 0, kept)  # A new mask each call.
     np.testing.assert_array_equal(layer(tf.ones([3, 5]), training=False), np.ones([3, 5]))
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_compiled_argmax_evaluation_runs_only_the_chosen_candidates_and_equals_the_fixed_model(jit_compile):
+    supernet = tiny_model(eval_mode="argmax", dropout_rate=0.0)
+    for block, logits in zip(supernet.blocks, ([0.0, 0.0, 0.4], [0.0, 2.0, 1.0], [0.3, 0.0, 0.0])):
+        block.arch_logits.assign(logits)
+    fixed = copy_choices_into_fixed_model(supernet, "IDA")
+    segment = random_tokens((2, 5), seed=3)
+    step = tf.function(lambda model: model.token_nll(segment, segment, model.initial_memory(2))[0],
+                       jit_compile=jit_compile)
+    np.testing.assert_allclose(step(supernet), step(fixed), atol=1e-5)
