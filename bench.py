@@ -67,15 +67,23 @@ def interleaved_median_seconds(runs, steps, warmup, rounds=5):
     return {name: float(np.median(seconds)) for name, seconds in times.items()}
 
 
-MATMUL_SIZE = 2048  # The peak's square matmul: 2 * MATMUL_SIZE**3 FLOPs a call.
+MATMUL_SIZE = 2048  # The peak's square matmuls: 2 * MATMUL_SIZE**3 FLOPs each.
 
 
-def matmul_run(dtype):
-    """One square matmul at `dtype`, the dense peak that MFU is measured against."""
+def parallel_matmuls():
+    """How many independent matmuls the peak runs at once: one per core on a CPU, where each op may
+    use a single thread (--intra_op_threads=1); one on an accelerator."""
+    accelerated = tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU")
+    return 1 if accelerated else os.cpu_count()
+
+
+def matmul_run(dtype, copies):
+    """`copies` independent square matmuls at `dtype`, the dense peak that MFU is measured against."""
     a = tf.random.normal([MATMUL_SIZE, MATMUL_SIZE], dtype=tf.float32)
     a, b = tf.cast(a, dtype), tf.cast(tf.transpose(a), dtype)
-    matmul = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.matmul(x, y), tf.float32)))
-    return lambda: matmul(a, b).numpy()
+    matmuls = tf.function(lambda x, y: tf.add_n([tf.reduce_sum(tf.cast(tf.matmul(x + i, y), tf.float32))
+                                                 for i in range(copies)]))
+    return lambda: matmuls(a, b).numpy()
 
 
 def data_tokens_per_second(data_dir, tokens_per_batch):
@@ -91,7 +99,7 @@ def step_runs(model_config, train_config, data_dir, batch_size, strategy):
     trainer = train.Trainer(model_config, train_config, steps_per_epoch=1000, batch_size=batch_size, strategy=strategy)
     batches = iter(data_utils.make_dataset(data_dir, "train").repeat())
     model = trainer.model
-    eval_step = train.evaluation_step(model, model.eval_mode, train.use_xla(train_config.jit_compile, "eval"))
+    eval_step = train.evaluation_step(model, model.eval_mode, train.use_xla(train_config.jit_compile))
     memory = [model.initial_memory(batch_size)]
 
     def evaluate_once():
@@ -127,15 +135,19 @@ def main(argv):
     flag_values = FLAGS
     vocab_size, batch_size, seq_len = flag_values.vocab_size, flag_values.batch_size, flag_values.seq_len
     model_config, train_config, run_options = train.configs_from_flags(flag_values, vocab_size)
-    precisions = [train_config.precision] if flag_values["precision"].present else flag_values.precisions
+    train.set_intra_op_threads(run_options.intra_op_threads)  # Before any TensorFlow op.
+    precisions = ([train.resolve_precision(train_config.precision)[0]] if flag_values["precision"].present
+                  else flag_values.precisions)
     strategy = train.make_strategy(run_options.strategy)
     report = dict(
         tensorflow=tf.__version__, device=device_name(), cpu_count=os.cpu_count(),
         intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
         inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads() or "default",
         strategy=run_options.strategy, replicas=strategy.num_replicas_in_sync, jit_compile=train_config.jit_compile,
-        xla_train=train.use_xla(train_config.jit_compile, "train"), batch_size=batch_size, seq_len=seq_len,
-        vocab_size=vocab_size, steps=flag_values.steps, command=sys.argv, matmul_peak_flops={}, results=[],
+        xla_train=train.use_xla(train_config.jit_compile), batch_size=batch_size, seq_len=seq_len,
+        vocab_size=vocab_size, steps=flag_values.steps, command=sys.argv, parallel_matmuls=parallel_matmuls(),
+        default_precision=train.resolve_precision(train.TrainConfig().precision)[0],
+        matmul_peak_flops={}, results=[],
     )
     with tempfile.TemporaryDirectory() as data_dir:
         stream = synthetic_dataset(data_dir, vocab_size, batch_size, seq_len,
@@ -146,14 +158,16 @@ def main(argv):
                                                      else architecture) for architecture in flag_values.architectures}
         runs = {}
         for precision in precisions:
-            runs[("matmul", precision)] = matmul_run(keras.DTypePolicy(train.dtype_policy(precision)).compute_dtype)
+            runs[("matmul", precision)] = matmul_run(keras.DTypePolicy(train.dtype_policy(precision)).compute_dtype,
+                                                     report["parallel_matmuls"])
             for architecture, config in configs.items():
                 train_run, eval_run = step_runs(config, dataclasses.replace(train_config, precision=precision),
                                                 data_dir, batch_size, strategy)
                 runs[(architecture, precision, "train")], runs[(architecture, precision, "eval")] = train_run, eval_run
         seconds = interleaved_median_seconds(runs, flag_values.steps, flag_values.warmup_steps_bench)
     for precision in precisions:
-        peak = report["matmul_peak_flops"][precision] = 2 * MATMUL_SIZE**3 / seconds[("matmul", precision)]
+        peak = report["matmul_peak_flops"][precision] = (report["parallel_matmuls"] * 2 * MATMUL_SIZE**3
+                                                         / seconds[("matmul", precision)])
         for architecture, config in configs.items():
             step_seconds = {kind: seconds[(architecture, precision, kind)] for kind in ("train", "eval")}
             report["results"].append(dict(architecture=architecture, precision=precision,

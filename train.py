@@ -43,11 +43,11 @@ class TrainConfig:
     weight_decay: float = 0.0  # adamw only; never applied to the architecture logits.
     clip_norm: float = 0.25  # Global-norm gradient clipping of the weights (Transformer-XL's value); 0 disables.
     arch_lr: float = 1e-3  # Constant Adam learning rate of the architecture logits.
-    tau_start: float = 1.0  # Gumbel-softmax temperature at step 0 ...
+    tau_start: float = 1.0  # Gumbel-softmax temperature of the first step ...
     tau_end: float = 0.1  # ... annealed exponentially to this at the last step.
     seed: int = 0  # Seeds weights, dropout and Gumbel noise.
     jit_compile: str = "auto"  # XLA for the train and eval steps: on | off | auto (on where faster, see use_xla).
-    precision: str = "float32"  # float32 | bfloat16 | float16 (with loss scaling): the compute dtype; weights stay float32.
+    precision: str = "float32"  # auto (bfloat16 where native, else float32) | float32 | bfloat16 | float16 (loss-scaled): the compute dtype; weights stay float32.
 
 
 @dataclasses.dataclass
@@ -59,27 +59,38 @@ class RunOptions:
     stop_after_steps: int = 0  # Save and stop once this global step is reached (a planned pause); 0 = never.
     eval_batches: int = 0  # Limit validation/test to this many batches (quick runs); 0 = whole split.
     strategy: str = "default"  # tf.distribute: default | mirrored | multi_worker | tpu (see README).
+    intra_op_threads: int = 1  # Threads per op; 1 lets the cores run independent ops (a block's candidates) at once; 0 = TensorFlow's choice.
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf; the message names the step."""
 
 
-def use_xla(jit_compile, step):
-    """Whether the `step` ("train" or "eval") compiles with XLA.
+def set_intra_op_threads(threads):
+    """Threads each TensorFlow op may use; must run before TensorFlow's first op.
 
-    auto: always for evaluation; for training only on a GPU or TPU. On a CPU the uncompiled
-    training step is faster: TensorFlow's executor runs a SuperNet block's independent candidates
-    on separate cores where XLA:CPU runs them one after the other, and without XLA the adaptive
-    softmax tails can score only their own tokens (bench.py, 2 cores, base configuration: SuperNet
-    82 ms a step against 157 ms compiled, AADDDD 55 ms against 70 ms).
+    The SuperNet step is thousands of small ops: on 2 CPU cores, one thread per op with the
+    executor running independent ops side by side beats splitting each op across cores
+    (bench.py, bfloat16 SuperNet: 109 ms a step against 133 ms).
+    """
+    if threads < 0:
+        raise ValueError(f"--intra_op_threads={threads}: expected 0 (TensorFlow's choice) or more.")
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+
+
+def use_xla(jit_compile):
+    """Whether the training and evaluation steps compile with XLA.
+
+    auto: only on a GPU or TPU. On a CPU the uncompiled steps are faster: TensorFlow's executor
+    runs a SuperNet block's independent candidates on separate cores where XLA:CPU runs them one
+    after the other, XLA:CPU's bfloat16 matmuls do not use the AMX units oneDNN uses, and without
+    XLA the adaptive softmax tails can score only their own tokens.
     """
     if jit_compile not in ("on", "off", "auto"):
         raise ValueError(f"--jit_compile {jit_compile!r}: expected on, off or auto.")
     if jit_compile != "auto":
         return jit_compile == "on"
-    accelerated = tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU")
-    return step == "eval" or bool(accelerated)
+    return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
 
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -87,8 +98,33 @@ POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixe
 
 def dtype_policy(precision):
     if precision not in POLICIES:
-        raise ValueError(f"--precision {precision!r}: expected one of {', '.join(POLICIES)}.")
+        raise ValueError(f"--precision {precision!r}: expected auto or one of {', '.join(POLICIES)}.")
     return POLICIES[precision]
+
+
+def native_bfloat16():
+    """Why this machine computes in bfloat16 natively (a TPU, a GPU of compute capability 8.0 or
+    more, a CPU with AVX512_BF16 or AMX), or None where it would only emulate it."""
+    if tf.config.list_physical_devices("TPU"):
+        return "TPU"
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        major, minor = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+        return f"GPU of compute capability {major}.{minor}" if major >= 8 else None
+    try:
+        flags = next(line for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    found = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags.split()]
+    return f"CPU with {' and '.join(found)}" if found else None
+
+
+def resolve_precision(precision):
+    """--precision=auto: (bfloat16 where the hardware runs it natively, else float32, and why); others as given."""
+    if precision != "auto":
+        return precision, "as given"
+    native = native_bfloat16()
+    return ("bfloat16", f"auto: {native}") if native else ("float32", "auto: no native bfloat16 here")
 
 
 @functools.lru_cache(maxsize=None)
@@ -137,16 +173,43 @@ def checkpoint_write_dir(run_dir, strategy):
     return run_dir / f"workertemp_{strategy.cluster_resolver.task_id}" / "checkpoints"
 
 
-def make_weight_optimizer(config, total_steps):
-    """The weights' optimizer with Keras' warmup + cosine decay schedule."""
-    schedule = keras.optimizers.schedules.CosineDecay(
+class FusedAdam(keras.optimizers.Adam):
+    """Keras' Adam, each variable's update done by TensorFlow's fused ResourceApplyAdam kernel.
+
+    Keras 3 writes the update as about 15 element-wise ops per variable, each a kernel launch and
+    a pass over memory on a CPU: about 12 ms of a 120 ms bfloat16 SuperNet step (bench.py, 2 cores).
+    The kernel, the one tf.keras 2 used, computes the same update in one pass; the moments, the
+    step count and the schedule stay Keras' own, so checkpoints do not change. Under a distribution
+    strategy, or with amsgrad, Keras' own update runs.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad or tf.distribute.has_strategy():
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        index = self._get_variable_index(variable)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[index].handle, v=self._velocities[index].handle,
+            beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step), beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
+            lr=tf.cast(learning_rate, dtype), beta1=tf.cast(self.beta_1, dtype), beta2=tf.cast(self.beta_2, dtype),
+            epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(tf.convert_to_tensor(gradient), dtype))
+
+
+def learning_rate_schedule(config, total_steps):
+    """The weights' learning rate by steps taken: Keras' linear warmup to max_lr, then cosine decay to 0."""
+    return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0,
         decay_steps=max(total_steps - config.warmup_steps, 1),
         warmup_target=config.max_lr,
         warmup_steps=config.warmup_steps,
     )
+
+
+def make_weight_optimizer(config, schedule):
+    """The weights' optimizer, following the learning rate `schedule`."""
     clip = {"global_clipnorm": config.clip_norm} if config.clip_norm > 0 else {}
-    optimizers = {"adam": lambda: keras.optimizers.Adam(schedule, **clip),
+    optimizers = {"adam": lambda: FusedAdam(schedule, **clip),
                   "adamw": lambda: keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay, **clip),
                   "sgd": lambda: keras.optimizers.SGD(schedule, **clip)}
     if config.opt_name not in optimizers:
@@ -176,11 +239,13 @@ class Trainer:
                              f"rebuild it with a --batch_size that {replicas} divides.")
         self.batch_size = batch_size
         self.total_steps = config.epochs * steps_per_epoch
-        self.tau_schedule = ExponentialTauSchedule(config.tau_start, config.tau_end, self.total_steps)
+        # Indexed by steps taken before a step: the first step uses tau_start, the last tau_end.
+        self.tau_schedule = ExponentialTauSchedule(config.tau_start, config.tau_end, max(self.total_steps - 1, 1))
         with self.strategy.scope():
             self.model = TransformerXL(model_config, dtype=dtype_policy(config.precision))
-            self.weight_optimizer = make_weight_optimizer(config, self.total_steps)
-            self.arch_optimizer = keras.optimizers.Adam(config.arch_lr)
+            self.learning_rate_schedule = learning_rate_schedule(config, self.total_steps)
+            self.weight_optimizer = make_weight_optimizer(config, self.learning_rate_schedule)
+            self.arch_optimizer = FusedAdam(config.arch_lr)
             memory = self.model.initial_memory(batch_size)
             self.model(tf.zeros([batch_size, 1], tf.int32), memory)  # Builds every weight before optimizers see them.
             self.weight_optimizer.build(self.model.weight_variables)
@@ -199,7 +264,7 @@ class Trainer:
             self.token_count = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="interval_token_count")
         single_device = self.strategy is tf.distribute.get_strategy() or replicas == 1
         # XLA compiles the whole step on one device; across replicas the collectives stay outside it.
-        self.jit_compile = use_xla(config.jit_compile, "train") and single_device
+        self.jit_compile = use_xla(config.jit_compile) and single_device
         self.train_step = tf.function(self._train_step, jit_compile=self.jit_compile)
         # Keras 3 layers are not all tracked by tf.train.Checkpoint, so the model's variables
         # (weights, arch logits, RNG states) are saved as one ordered list.
@@ -221,11 +286,13 @@ class Trainer:
         """Steps taken; the optimizer's own count lags it when float16 loss scaling skips a step."""
         return self.global_step
 
-    def tau(self):
-        return self.tau_schedule(self.step)
+    def tau_of_step(self, step):
+        """The Gumbel-softmax temperature that training step `step` (counted from 1) uses."""
+        return self.tau_schedule(step - 1)
 
-    def learning_rate(self):
-        return self.weight_optimizer.learning_rate
+    def learning_rate_of_step(self, step):
+        """The weights' learning rate that training step `step` (counted from 1) uses."""
+        return self.learning_rate_schedule(step - 1)
 
     def reset_memory(self):
         memory = self.model.initial_memory(self.batch_size)
@@ -259,7 +326,7 @@ class Trainer:
         weights, arch = self.model.weight_variables, self.model.arch_variables
         loss_scaled = isinstance(self.weight_optimizer, keras.optimizers.LossScaleOptimizer)
         with tf.GradientTape() as tape:
-            nll, new_memory = self.model.token_nll(inputs, targets, memory, tau=self.tau(), training=True,
+            nll, new_memory = self.model.token_nll(inputs, targets, memory, tau=self.tau_of_step(self.global_step + 1), training=True,
                                                    gather_rows=not self.jit_compile)
             # Normalised by the global count, the replicas' gradients add up to the global batch's.
             loss = tf.reduce_sum(nll) / tf.maximum(global_scored, 1.0)
@@ -299,7 +366,7 @@ def evaluation_step(model, eval_mode, jit_compile):
     """
 
     def step(inputs, targets, memory):
-        nll, new_memory = model.token_nll(inputs, targets, memory, training=False)
+        nll, new_memory = model.token_nll(inputs, targets, memory, training=False, gather_rows=not jit_compile)
         scored = tf.reduce_sum(tf.cast(tf.not_equal(targets, data_utils.PAD_ID), tf.float64))
         return tf.reduce_sum(tf.cast(nll, tf.float64)), scored, new_memory
 
@@ -308,7 +375,7 @@ def evaluation_step(model, eval_mode, jit_compile):
 
 def evaluate(model, dataset, words, batch_size, jit_compile="auto", max_batches=0):
     """Token and word perplexity over a split, with memory carried through it from empty."""
-    step = evaluation_step(model, model.eval_mode, use_xla(jit_compile, "eval"))
+    step = evaluation_step(model, model.eval_mode, use_xla(jit_compile))
     memory = model.initial_memory(batch_size)
     total_nll = tf.constant(0.0, tf.float64)
     total_tokens = tf.constant(0.0, tf.float64)
@@ -380,10 +447,18 @@ def make_logger(run_dir, to_file=True):
     return logger
 
 
+def log_epoch_time(log, epoch, steps, step_seconds, wall_seconds, validation_seconds, tokens_per_step):
+    """Logs an epoch's time in training steps against its wall time, whose excess is validation and bookkeeping."""
+    log.info("Epoch %d time: %d training steps took %.1f s (%.1f ms a step, %.0f tokens/s); wall time %.1f s "
+             "(%.3fx the steps), validation %.1f s.", epoch, steps, step_seconds, 1000 * step_seconds / max(steps, 1),
+             steps * tokens_per_step / max(step_seconds, 1e-9), wall_seconds, wall_seconds / max(step_seconds, 1e-9),
+             validation_seconds)
+
+
 def write_pi(trainer, run_dir, writer, step):
     """Appends pi to the history and logs each block's probabilities to TensorBoard."""
     pi = trainer.model.arch_probabilities()
-    tau = float(trainer.tau())
+    tau = float(trainer.tau_of_step(step))
     with open(run_dir / plot_arch.PI_HISTORY_FILE, "a") as f:
         f.write(json.dumps(dict(step=step, tau=tau, pi=np.round(pi, 6).tolist())) + "\n")
     with writer.as_default(step=step):
@@ -448,6 +523,8 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     writes into run_dir; the others save their checkpoints into a temporary directory (checkpoint_write_dir).
     """
     metadata = data_utils.load_metadata(data_dir)
+    precision, precision_reason = resolve_precision(config.precision)
+    config = dataclasses.replace(config, precision=precision)  # config.json records the precision used.
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     strategy = make_strategy(options.strategy)
@@ -455,6 +532,7 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     record = config_record(model_config, config, data_dir, metadata)
     check_or_save_config(run_dir, record, save=chief)
     log = make_logger(run_dir, to_file=chief)
+    log.info("Precision %s (%s).", precision, precision_reason)
     batch_size, seq_len = metadata["batch_size"], metadata["seq_len"]
     steps_per_epoch = metadata["splits"]["train"]["batches"]
     trainer = Trainer(model_config, config, steps_per_epoch, batch_size, strategy)
@@ -510,7 +588,7 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
         return results
 
     step = int(trainer.step.numpy())
-    interval_start = time.time()
+    interval_seconds = 0.0  # Time in training steps (input included) since the last log, for an honest tokens/s.
     valid = None  # The last epoch's validation, reused for the final results.
     for epoch in range(int(trainer.epoch.numpy()), config.epochs):
         done_in_epoch = int(trainer.batch_in_epoch.numpy())
@@ -518,17 +596,22 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
             trainer.reset_memory()
         log.info("Epoch %d/%d from batch %d.", epoch + 1, config.epochs, done_in_epoch)
         progress = keras.utils.Progbar(steps_per_epoch, unit_name="step")
+        epoch_start, first_batch, epoch_step_seconds = time.perf_counter(), done_in_epoch, 0.0
+        clock = epoch_start
         for inputs, targets in data_utils.make_dataset(data_dir, "train").skip(done_in_epoch):
             trainer.train_step(inputs, targets)
+            seconds = time.perf_counter() - clock
+            epoch_step_seconds += seconds
+            interval_seconds += seconds
             step += 1
             done_in_epoch += 1
             if step % options.log_every == 0:
                 check_finite()
                 loss, tokens = trainer.take_interval_loss()
-                tokens_per_second = tokens / (time.time() - interval_start)
-                interval_start = time.time()
-                scalars = dict(loss=loss, perplexity=math.exp(min(loss, 50.0)), tau=float(trainer.tau()),
-                               learning_rate=float(trainer.learning_rate()), tokens_per_second=tokens_per_second)
+                scalars = dict(loss=loss, perplexity=math.exp(min(loss, 50.0)), tau=float(trainer.tau_of_step(step)),
+                               learning_rate=float(trainer.learning_rate_of_step(step)),
+                               tokens_per_second=tokens / max(interval_seconds, 1e-9))
+                interval_seconds = 0.0
                 with writers["train"].as_default(step=step):
                     for key, value in scalars.items():
                         tf.summary.scalar(key, value)
@@ -542,15 +625,20 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
                 save()
                 log.info("Stopped at step %d as asked; rerun the same command to resume.", step)
                 return {}
+            clock = time.perf_counter()
         trainer.epoch.assign_add(1)
         trainer.batch_in_epoch.assign(0)
+        validation_start = time.perf_counter()
         valid = validate(step)
+        validation_seconds = time.perf_counter() - validation_start
         save()
         if valid["loss"] < best_loss:
             best_loss = valid["loss"]
             save(best_manager)
             if chief:
                 best_path.write_text(json.dumps(dict(step=step, **valid)))
+        log_epoch_time(log, epoch + 1, done_in_epoch - first_batch, epoch_step_seconds,
+                       time.perf_counter() - epoch_start, validation_seconds, batch_size * seq_len)
 
     check_finite()
     results = {"valid_" + k: v for k, v in (valid or validate(step)).items()}
@@ -635,9 +723,10 @@ def main(argv):
     try:
         metadata = data_utils.load_metadata(flag_values.data_dir)
         model_config, config, options = configs_from_flags(flag_values, metadata["vocab_size"])
-        make_strategy(options.strategy)  # First: MultiWorkerMirroredStrategy refuses to start after any TF op.
+        set_intra_op_threads(options.intra_op_threads)  # Before any TF op, as is the strategy:
+        make_strategy(options.strategy)  # MultiWorkerMirroredStrategy refuses to start after any TF op.
         # Bad --opt_name, --precision or --jit_compile fail now, before any work.
-        make_weight_optimizer(config, 1), dtype_policy(config.precision), use_xla(config.jit_compile, "eval")
+        make_weight_optimizer(config, 1e-4), dtype_policy(resolve_precision(config.precision)[0]), use_xla(config.jit_compile)
         results = train_and_evaluate(model_config, config, flag_values.data_dir,
                                      pathlib.Path(flag_values.logdir) / flag_values.model_name, options)
     except (ValueError, NonFiniteLossError, data_utils.DataError) as error:

@@ -10,6 +10,7 @@ import sys
 import time
 import types
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -194,6 +195,7 @@ def test_half_precision_training_tracks_float32(tmp_path):
 
 DISTRIBUTED_RUN = """
 import json, sys
+import keras
 import tensorflow as tf
 if "mirrored" in sys.argv[2:]:  # Two logical CPUs, one for each replica.
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -369,3 +371,55 @@ def test_multi_worker_train_py_writes_one_run_directory_and_resumes(tmp_path):
     assert len(list((run_dir / "train").glob("events.out.tfevents.*"))) == 2  # One per invocation of the chief.
     assert sorted(path.name for path in (run_dir / "export").iterdir()) == [
         "config.json", "metadata.json", "model.weights.h5"]
+
+
+def test_fused_adam_matches_keras_adam_with_schedule_and_clipping():
+    rng = np.random.default_rng(0)
+    initial = [rng.normal(size=(5, 3)).astype("float32"), rng.normal(size=(7,)).astype("float32")]
+    gradients = [[rng.normal(size=value.shape).astype("float32") for value in initial] for _ in range(6)]
+    gradients[2][0] = tf.IndexedSlices(tf.constant(gradients[2][0][:2]), tf.constant([0, 3]), tf.constant([5, 3]))
+    finals = {}
+    for optimizer_class in (keras.optimizers.Adam, train.FusedAdam):
+        variables = [keras.Variable(value) for value in initial]
+        schedule = keras.optimizers.schedules.CosineDecay(0.0, 10, warmup_target=0.1, warmup_steps=3)
+        optimizer = optimizer_class(schedule, global_clipnorm=1.0)
+        optimizer.build(variables)
+        step = tf.function(lambda grads: optimizer.apply(grads, variables))
+        for grads in gradients:
+            step(grads)
+        finals[optimizer_class] = [variable.numpy() for variable in variables]
+    for keras_value, fused_value, start in zip(*finals.values(), initial):
+        assert np.abs(keras_value - start).max() > 0.1  # The updates moved the weights ...
+        np.testing.assert_allclose(fused_value, keras_value, rtol=1e-5, atol=1e-5)  # ... alike.
+
+
+def test_the_first_step_uses_tau_start_and_the_last_tau_end(tmp_path):
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(1, 30).repeat(4), vocab_size=30,
+                                               batch_size=2, seq_len=8)
+    config = train.TrainConfig(epochs=1, tau_start=1.0, tau_end=0.1)
+    steps = data_utils.load_metadata(data_dir)["splits"]["train"]["batches"]
+    trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(), **TINY_MODEL), config, steps, batch_size=2)
+    used = []
+    token_nll = trainer.model.token_nll
+    trainer.model.token_nll = lambda *args, tau, **kwargs: used.append(float(tau)) or token_nll(*args, tau=tau, **kwargs)
+    for inputs, targets in data_utils.make_dataset(data_dir, "train"):
+        trainer._train_step(inputs, targets)  # Eagerly, so that every step's tau is seen.
+    expected = [0.1 ** (k / (steps - 1)) for k in range(steps)]  # Geometric from tau_start to tau_end.
+    np.testing.assert_allclose(used, expected, rtol=1e-6)
+    assert used[0] == 1.0 and used[-1] == float(np.float32(0.1))
+    assert [float(trainer.tau_of_step(k + 1)) for k in range(steps)] == used  # As logged.
+
+
+def test_auto_precision_is_resolved_logged_and_written_into_the_config(tmp_path):
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(1, 30).repeat(4), vocab_size=30,
+                                               batch_size=2, seq_len=8)
+    config = train.TrainConfig(epochs=1, precision="auto")
+    train.train_and_evaluate(ModelConfig(vocab_size=30, cutoffs=(), **TINY_MODEL), config, data_dir, tmp_path / "run")
+    cpu_flags = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").is_file() else ""
+    native = any(flag in cpu_flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["precision"]
+    if not tf.config.list_physical_devices("GPU"):  # A CPU: its flags decide.
+        assert recorded == ("bfloat16" if native else "float32")
+    log = (tmp_path / "run" / "training_log.log").read_text()
+    assert f"Precision {recorded} (auto: " in log
+    assert "Epoch 1 time:" in log and "training steps took" in log
