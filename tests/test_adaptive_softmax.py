@@ -1,10 +1,13 @@
-"""Adaptive softmax: normalisation, NLL against the full distribution, the plain-softmax case, padding."""
+"""Adaptive softmax: normalisation, NLL against the full distribution, the plain-softmax case, padding,
+and the static-capacity rows against every row."""
+import time
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from adaptive_softmax import AdaptiveSoftmax, tail_projection_dims, tail_shares
+from adaptive_softmax import AdaptiveSoftmax, tail_capacities, tail_projection_dims, tail_shares
 
 VOCAB, D_MODEL = 50, 16
 
@@ -83,6 +86,79 @@ def test_gathered_rows_give_the_same_loss_and_gradients():
         np.testing.assert_allclose(gathered, every_row, rtol=1e-5, atol=1e-7)
 
 
+def tail_counts(layer, labels):
+    return [int(np.sum((labels.numpy() >= start) & (labels.numpy() < stop))) for start, stop in layer.clusters]
+
+
+def loss_and_gradients(layer, hidden, labels, **options):
+    with tf.GradientTape() as tape:
+        tape.watch(hidden)
+        loss = tf.reduce_mean(layer(hidden, labels, **options))
+    return [loss] + tape.gradient(loss, [hidden] + layer.trainable_weights)
+
+
+# Each tail's capacity is its row count plus this: 0 fits exactly, -1 overflows by one row.
+@pytest.mark.parametrize("spare", [(0, 0), (5, 0), (-1, 3), (2, -1), (-1, -1)])
+def test_capacity_rows_compiled_give_the_every_row_loss_and_gradients(spare):
+    layer = built_layer((10, 30))
+    hidden, labels = random_inputs(batch=4, length=9)
+    capacities = tuple(count + extra for count, extra in zip(tail_counts(layer, labels), spare))
+    assert min(capacities) >= 1 and max(capacities) < 36  # Neither tail falls back to every row by its capacity alone.
+    every_row = loss_and_gradients(layer, hidden, labels)
+    compiled = tf.function(loss_and_gradients, jit_compile=True)(layer, hidden, labels, tail_capacities=capacities)
+    for capacity_rows, expected in zip(compiled, every_row):
+        np.testing.assert_allclose(capacity_rows, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_capacity_of_every_row_or_more_runs_every_row():
+    layer = built_layer((10, 30))
+    hidden, labels = random_inputs()
+    np.testing.assert_allclose(layer(hidden, labels, tail_capacities=(21, 100)), layer(hidden, labels), rtol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{"tail_capacities": (4,)}, {"tail_capacities": (4, 0)},
+                                     {"tail_capacities": (4, 2.5)}, {"tail_capacities": (4, 4), "gather_rows": True}])
+def test_invalid_tail_capacities_are_rejected_with_the_value(options):
+    hidden, labels = random_inputs()
+    with pytest.raises(ValueError, match="tail_capacities="):
+        built_layer((10, 30))(hidden, labels, **options)
+
+
+def test_tail_capacities_need_static_shapes():
+    layer = built_layer((10, 30))
+    spec = [tf.TensorSpec([None, 7, D_MODEL], tf.float32), tf.TensorSpec([None, 7], tf.int32)]
+    nll = tf.function(lambda hidden, labels: layer(hidden, labels, tail_capacities=(4, 4)), input_signature=spec)
+    with pytest.raises(ValueError, match="static shape"):
+        nll(*random_inputs())
+
+
+def test_tail_capacities_round_up_with_headroom_within_bounds():
+    assert tail_capacities([0.2335, 0.1088], 1024) == (299, 140)  # ceil(298.88), ceil(139.26)
+    assert tail_capacities([0.25, 0.25], 64, headroom=1.0) == (16, 16)  # Already whole: no extra row.
+    assert tail_capacities([0.25], 65, headroom=1.0) == (17,)
+    assert tail_capacities([0.001, 0.0], 1024) == (8, 8)  # The minimum.
+    assert tail_capacities([0.001], 1024, minimum=2) == (2,)
+    assert tail_capacities([0.9], 100) == (100,)  # Never more than every row.
+    with pytest.raises(ValueError, match="headroom=0.9"):
+        tail_capacities([0.2], 100, headroom=0.9)
+    with pytest.raises(ValueError, match=r"shares=\[1.5\]"):
+        tail_capacities([1.5], 100)
+
+
+def test_capacity_rows_compile_quickly_at_the_base_shape():
+    """1024 tokens, d_model 128, vocab 12000, cutoffs 250/2500: about 1.5 s on 2 CPU cores."""
+    layer = AdaptiveSoftmax(12000, (250, 2500))
+    layer.build((None, None, 128))
+    rng = np.random.default_rng(0)
+    hidden = tf.constant(rng.normal(size=(32, 32, 128)), tf.float32)
+    labels = tf.constant(rng.choice([5, 1000, 5000], p=[0.66, 0.23, 0.11], size=(32, 32)), tf.int32)
+    capacities = tail_capacities([0.2335, 0.1088], 1024)
+    start = time.perf_counter()
+    compiled = tf.function(loss_and_gradients, jit_compile=True)(layer, hidden, labels, tail_capacities=capacities)
+    assert time.perf_counter() - start < 60
+    np.testing.assert_allclose(compiled[0], loss_and_gradients(layer, hidden, labels)[0], rtol=1e-5)
+
+
 def test_no_cutoffs_is_a_plain_softmax_computed_independently():
     layer = built_layer(())
     hidden, labels = random_inputs()
@@ -94,14 +170,15 @@ def test_no_cutoffs_is_a_plain_softmax_computed_independently():
     assert len(layer.weights) == 2  # One dense layer, no tails.
 
 
-@pytest.mark.parametrize("gather_rows", [False, True])
-def test_padding_scores_nothing_and_passes_no_gradient(gather_rows):
+# Capacities 12 of 21 rows: each tail fits, and pad rows can fill its spare slots.
+@pytest.mark.parametrize("options", [{}, {"gather_rows": True}, {"tail_capacities": (12, 12)}])
+def test_padding_scores_nothing_and_passes_no_gradient(options):
     layer = built_layer((10, 30), pad_id=0)
     hidden, labels = random_inputs()
     labels = tf.concat([tf.zeros([3, 2], tf.int32), labels[:, 2:]], axis=1)
     hidden = tf.Variable(hidden)
     with tf.GradientTape() as tape:
-        nll = layer(hidden, labels, gather_rows=gather_rows)
+        nll = layer(hidden, labels, **options)
         total = tf.reduce_sum(nll)
     gradient = tape.gradient(total, hidden).numpy()
     assert np.all(nll.numpy()[:, :2] == 0) and np.all(nll.numpy()[:, 2:] > 0)
@@ -160,8 +237,8 @@ def test_compiled_loss_and_gradients_match_eager():
 def test_bfloat16_compute_keeps_float32_log_probabilities():
     layer = AdaptiveSoftmax(VOCAB, (10, 30), dtype="mixed_bfloat16")
     hidden, labels = random_inputs()
-    for gather_rows in (False, True):
-        nll = layer(tf.cast(hidden, tf.bfloat16), labels, gather_rows=gather_rows)
+    for options in ({}, {"gather_rows": True}, {"tail_capacities": (12, 12)}):
+        nll = layer(tf.cast(hidden, tf.bfloat16), labels, **options)
         assert nll.dtype == tf.float32 and np.all(np.isfinite(nll.numpy()))
     assert layer.log_probs(tf.cast(hidden, tf.bfloat16)).dtype == tf.float32
 
