@@ -49,6 +49,14 @@ class TrainConfig:
     jit_compile: str = "auto"  # XLA for the train and eval steps: on | off | auto (on where faster, see use_xla).
     precision: str = "float32"  # auto (bfloat16 where native, else float32) | float32 | bfloat16 | float16 (loss-scaled): the compute dtype; weights stay float32.
 
+    def __post_init__(self):
+        """Refuses a bad setting before anything is written; the message names the flag."""
+        check_choice("opt_name", self.opt_name, ("adam", "adamw", "sgd"))
+        check_choice("jit_compile", self.jit_compile, ("on", "off", "auto"))
+        check_choice("precision", self.precision, ("auto", "float32", "bfloat16", "float16"))
+        check_at_least(self, epochs=1, warmup_steps=0, weight_decay=0.0, clip_norm=0.0, arch_lr=0.0)
+        check_positive(self, "max_lr", "tau_start", "tau_end")
+
 
 @dataclasses.dataclass
 class RunOptions:
@@ -61,9 +69,34 @@ class RunOptions:
     strategy: str = "default"  # tf.distribute: default | mirrored | multi_worker | tpu (see README).
     intra_op_threads: int = 1  # Threads per op; 1 lets the cores run independent ops (a block's candidates) at once; 0 = TensorFlow's choice.
 
+    def __post_init__(self):
+        check_choice("strategy", self.strategy, ("default", "mirrored", "multi_worker", "tpu"))
+        check_at_least(self, log_every=1, checkpoint_every=1, stop_after_steps=0, eval_batches=0, intra_op_threads=0)
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"--{name}={value!r}: expected one of {', '.join(choices)}.")
+
+
+def check_at_least(settings, **minimums):
+    for name, minimum in minimums.items():
+        if getattr(settings, name) < minimum:
+            raise ValueError(f"--{name}={getattr(settings, name)}: must be at least {minimum}.")
+
+
+def check_positive(settings, *names):
+    for name in names:
+        if not getattr(settings, name) > 0:
+            raise ValueError(f"--{name}={getattr(settings, name)}: must be positive.")
+
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or inf; the message names the step."""
+    """The training loss became NaN or inf, or diverged; the message names the step."""
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run can be read; the message names them."""
 
 
 def set_intra_op_threads(threads):
@@ -232,6 +265,7 @@ class Trainer:
     def __init__(self, model_config, config, steps_per_epoch, batch_size, strategy=None):
         keras.utils.set_random_seed(config.seed)
         self.config = config
+        self.divergence_limit = 2 * math.log(model_config.vocab_size)  # Twice uniform guessing's loss.
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
         if batch_size % replicas:
@@ -242,7 +276,7 @@ class Trainer:
         # Indexed by steps taken before a step: the first step uses tau_start, the last tau_end.
         self.tau_schedule = ExponentialTauSchedule(config.tau_start, config.tau_end, max(self.total_steps - 1, 1))
         with self.strategy.scope():
-            self.model = TransformerXL(model_config, dtype=dtype_policy(config.precision))
+            self.model = TransformerXL(model_config, dtype=dtype_policy(resolve_precision(config.precision)[0]))
             self.learning_rate_schedule = learning_rate_schedule(config, self.total_steps)
             self.weight_optimizer = make_weight_optimizer(config, self.learning_rate_schedule)
             self.arch_optimizer = FusedAdam(config.arch_lr)
@@ -309,7 +343,9 @@ class Trainer:
         self.batch_in_epoch.assign_add(1)
         self.nll_sum.assign_add(tf.cast(nll_sum, tf.float64))
         self.token_count.assign_add(tf.cast(scored, tf.float64))
-        bad = tf.logical_and(self.first_bad_step < 0, tf.logical_not(tf.math.is_finite(loss)))
+        # A loss far above uniform guessing's ln(vocab_size) has diverged, finite or not.
+        sane = tf.math.is_finite(loss) & (loss <= self.divergence_limit)
+        bad = tf.logical_and(self.first_bad_step < 0, tf.logical_not(sane))
         # global_step is now this step's 1-based number, as logged.
         self.first_bad_step.assign(tf.where(bad, self.step, self.first_bad_step))
         return loss
@@ -326,8 +362,8 @@ class Trainer:
         weights, arch = self.model.weight_variables, self.model.arch_variables
         loss_scaled = isinstance(self.weight_optimizer, keras.optimizers.LossScaleOptimizer)
         with tf.GradientTape() as tape:
-            nll, new_memory = self.model.token_nll(inputs, targets, memory, tau=self.tau_of_step(self.global_step + 1), training=True,
-                                                   gather_rows=not self.jit_compile)
+            nll, new_memory = self.model.token_nll(inputs, targets, memory, tau=self.tau_of_step(self.global_step + 1),
+                                                   training=True, gather_rows=not self.jit_compile)
             # Normalised by the global count, the replicas' gradients add up to the global batch's.
             loss = tf.reduce_sum(nll) / tf.maximum(global_scored, 1.0)
             scaled_loss = self.weight_optimizer.scale_loss(loss) if loss_scaled else loss
@@ -345,10 +381,11 @@ class Trainer:
         return tf.reduce_sum(nll), scored
 
     def check_finite(self):
-        """Raises NonFiniteLossError if any step since the start had a NaN or inf loss."""
+        """Raises NonFiniteLossError if any step since the start had a NaN, inf or diverged loss."""
         bad_step = int(self.first_bad_step.numpy())
         if bad_step >= 0:
-            raise NonFiniteLossError(f"The training loss became NaN or inf at step {bad_step}.")
+            raise NonFiniteLossError(f"The training loss became NaN or inf, or diverged above "
+                                     f"{self.divergence_limit:.2f} (twice ln(vocab_size)), at step {bad_step}.")
 
     def take_interval_loss(self):
         """Mean NLL per scored token since the last call, and that count; resets both."""
@@ -468,6 +505,58 @@ def write_pi(trainer, run_dir, writer, step):
     return pi
 
 
+def checkpoint_paths(checkpoint_dir):
+    """The checkpoint prefixes in a directory, newest first, read from their index files, not from
+    the `checkpoint` state file, which a kill may leave stale or damaged."""
+    indexes = pathlib.Path(checkpoint_dir).glob("ckpt-*.index")
+    numbered = [(int(path.stem.split("-")[1]), path.with_suffix("")) for path in indexes if path.stem[5:].isdigit()]
+    return [str(prefix) for _, prefix in sorted(numbered, reverse=True)]
+
+
+def restore_readable_checkpoint(checkpoint, checkpoint_dir, log, chief=True):
+    """Restores the newest checkpoint that reads whole and returns its prefix, or None if there is none.
+
+    Newer ones that do not read (truncated, corrupted) are named in a warning and, by the chief, set
+    aside as damaged-ckpt-N.* with the restored one made the latest, so that the rotation of saves
+    never deletes a good checkpoint in their favour. Raises CheckpointError when none reads.
+    """
+    unreadable, errors = [], []
+    for prefix in checkpoint_paths(checkpoint_dir):
+        try:
+            checkpoint.restore(prefix).assert_existing_objects_matched()
+        except (tf.errors.OpError, OSError, ValueError, IndexError, AssertionError) as error:  # Each seen on damage.
+            unreadable.append(prefix)
+            errors.append(f"{prefix} ({data_utils.error_line(error)})")
+            continue
+        if unreadable:
+            log.warning("Could not read %s; resuming from %s instead, the others set aside as damaged-*.",
+                        "; ".join(errors), prefix)
+            if chief:
+                set_aside_damaged(unreadable, checkpoint_dir, prefix)
+        return prefix
+    if unreadable:
+        raise CheckpointError(f"No checkpoint in {checkpoint_dir} can be read: {'; '.join(errors)}. Move them "
+                              f"away to start the run over.")
+    return None
+
+
+def set_aside_damaged(prefixes, checkpoint_dir, restored):
+    """Renames each damaged checkpoint's files to damaged-<name> and makes `restored` the latest."""
+    for prefix in map(pathlib.Path, prefixes):
+        for path in prefix.parent.glob(prefix.name + ".*"):
+            path.rename(path.with_name("damaged-" + path.name))
+    tf.compat.v1.train.update_checkpoint_state(str(checkpoint_dir), restored,
+                                               all_model_checkpoint_paths=checkpoint_paths(checkpoint_dir)[::-1])
+
+
+def remove_unfinished_saves(checkpoint_dir):
+    """Deletes the ckpt-N_temp folders that a save killed midway leaves in the run's checkpoint folders."""
+    for directory in (pathlib.Path(checkpoint_dir), pathlib.Path(checkpoint_dir) / "best"):
+        for unfinished in directory.glob("ckpt-*_temp"):
+            if unfinished.is_dir():
+                shutil.rmtree(unfinished)
+
+
 def forget_pi_after(path, step):
     """Drops pi records a killed run wrote after its last checkpoint; the resumed run writes them again."""
     if path.is_file():
@@ -530,32 +619,34 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     strategy = make_strategy(options.strategy)
     chief = is_chief(strategy)
     record = config_record(model_config, config, data_dir, metadata)
-    check_or_save_config(run_dir, record, save=chief)
+    check_or_save_config(run_dir, record, save=False)
     log = make_logger(run_dir, to_file=chief)
     log.info("Precision %s (%s).", precision, precision_reason)
     batch_size, seq_len = metadata["batch_size"], metadata["seq_len"]
     steps_per_epoch = metadata["splits"]["train"]["batches"]
+    unigram_path = pathlib.Path(data_dir) / data_utils.UNIGRAM_FILE  # Synthetic datasets have none.
+    shares = tail_shares(np.loadtxt(unigram_path), model_config.cutoffs) if unigram_path.is_file() else None
     trainer = Trainer(model_config, config, steps_per_epoch, batch_size, strategy)
+    check_or_save_config(run_dir, record, save=chief)  # Only once the run can start.
     model = trainer.model
     checkpoint_dir, write_dir = run_dir / "checkpoints", checkpoint_write_dir(run_dir, strategy)
-    manager = tf.train.CheckpointManager(trainer.checkpoint, write_dir, max_to_keep=2)
-    best_manager = tf.train.CheckpointManager(trainer.checkpoint, write_dir / "best", max_to_keep=1)
     best_path = checkpoint_dir / "best" / "best_valid.json"
     best_loss = json.loads(best_path.read_text())["loss"] if best_path.is_file() else float("inf")
-    latest = tf.train.latest_checkpoint(checkpoint_dir)  # Every worker resumes from the chief's.
+    if chief:
+        remove_unfinished_saves(checkpoint_dir)
+    latest = restore_readable_checkpoint(trainer.checkpoint, checkpoint_dir, log, chief)  # Every worker: the chief's.
+    manager = tf.train.CheckpointManager(trainer.checkpoint, write_dir, max_to_keep=2)
+    best_manager = tf.train.CheckpointManager(trainer.checkpoint, write_dir / "best", max_to_keep=1)
     if latest:
-        trainer.checkpoint.restore(latest).assert_existing_objects_matched()
         log.info("Resumed from %s at step %d.", latest, int(trainer.step.numpy()))
         if chief:
             forget_pi_after(run_dir / plot_arch.PI_HISTORY_FILE, int(trainer.step.numpy()))
     else:
         log.info("Config: %s", json.dumps(record))
         log.info("Parameters: %s", count_parameters(model))
-        unigram_path = pathlib.Path(data_dir) / data_utils.UNIGRAM_FILE  # Synthetic datasets have none.
-        shares = ([round(share, 4) for share in tail_shares(np.loadtxt(unigram_path), model_config.cutoffs)]
-                  if unigram_path.is_file() else None)
+        rounded = [round(share, 4) for share in shares] if shares else None
         log.info("Model FLOPs per token (each adaptive softmax tail for its share %s of tokens): training %.3g, "
-                 "inference %.3g", shares, flops_per_token(model_config, seq_len, training=True, tail_shares=shares),
+                 "inference %.3g", rounded, flops_per_token(model_config, seq_len, training=True, tail_shares=shares),
                  flops_per_token(model_config, seq_len, tail_shares=shares))
         model.summary(print_fn=log.info)
     writers = {name: tf.summary.create_file_writer(str(run_dir / name)) if chief else tf.summary.create_noop_writer()
@@ -631,12 +722,14 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
         validation_start = time.perf_counter()
         valid = validate(step)
         validation_seconds = time.perf_counter() - validation_start
-        save()
+        # The best first: a run killed between the two saves resumes before this epoch's end, so it
+        # validates this epoch again and finds its best already saved.
         if valid["loss"] < best_loss:
             best_loss = valid["loss"]
             save(best_manager)
             if chief:
                 best_path.write_text(json.dumps(dict(step=step, **valid)))
+        save()
         log_epoch_time(log, epoch + 1, done_in_epoch - first_batch, epoch_step_seconds,
                        time.perf_counter() - epoch_start, validation_seconds, batch_size * seq_len)
 
@@ -725,12 +818,13 @@ def main(argv):
         model_config, config, options = configs_from_flags(flag_values, metadata["vocab_size"])
         set_intra_op_threads(options.intra_op_threads)  # Before any TF op, as is the strategy:
         make_strategy(options.strategy)  # MultiWorkerMirroredStrategy refuses to start after any TF op.
-        # Bad --opt_name, --precision or --jit_compile fail now, before any work.
-        make_weight_optimizer(config, 1e-4), dtype_policy(resolve_precision(config.precision)[0]), use_xla(config.jit_compile)
         results = train_and_evaluate(model_config, config, flag_values.data_dir,
                                      pathlib.Path(flag_values.logdir) / flag_values.model_name, options)
-    except (ValueError, NonFiniteLossError, data_utils.DataError) as error:
+    except (ValueError, NonFiniteLossError, CheckpointError) as error:  # DataError is a ValueError.
         sys.exit(f"train.py: error: {error}")
+    except tf.errors.DataLossError as error:
+        sys.exit(f"train.py: error: {flag_values.data_dir}: a TFRecord file is damaged ({data_utils.error_line(error)}); "
+                 f"rebuild it with ./create_tfrecords.sh --overwrite. The run's checkpoints are intact.")
     if results:
         print(json.dumps(results, indent=1))
 

@@ -4,6 +4,8 @@ import json
 import math
 import os
 import pathlib
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -92,7 +94,9 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 def test_bad_flags_fail_before_training_with_one_line(tmp_path):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(600) % 20, vocab_size=20, batch_size=2, seq_len=8)
     cases = [(["--num_heads=3"], "num_heads"), (["--cutoffs=10,25"], "25"),
-             ([f"--data_dir={tmp_path / 'missing'}"], "create_tfrecords")]
+             ([f"--data_dir={tmp_path / 'missing'}"], "create_tfrecords"), (["--epochs=0"], "--epochs=0"),
+             (["--tau_end=0"], "--tau_end=0"), (["--log_every=0"], "--log_every=0"),
+             (["--checkpoint_every=0"], "--checkpoint_every=0")]
     for extra, fragment in cases:
         result = subprocess.run([sys.executable, "train.py", f"--data_dir={data_dir}", f"--logdir={tmp_path / 'logs'}",
                                  "--d_model=16", "--cutoffs=", *extra], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -100,7 +104,36 @@ def test_bad_flags_fail_before_training_with_one_line(tmp_path):
         assert result.returncode != 0
         errors = [line for line in result.stderr.splitlines() if line.startswith("train.py: error:")]
         assert len(errors) == 1 and fragment in errors[0], result.stderr
-        assert not list((tmp_path / "logs").glob("*/checkpoints"))
+        assert "Traceback" not in result.stderr
+        assert not list((tmp_path / "logs").glob("*/checkpoints")) and not list((tmp_path / "logs").glob("*/config.json"))
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    (dict(epochs=0), "--epochs=0"), (dict(tau_start=0.0), "--tau_start=0.0"), (dict(max_lr=-1.0), "--max_lr"),
+    (dict(opt_name="lamb"), "--opt_name='lamb'"), (dict(precision="int8"), "--precision='int8'"),
+    (dict(warmup_steps=-1), "--warmup_steps=-1")])
+def test_train_config_refuses_bad_settings_naming_the_flag(settings, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("[", r"\[")):
+        train.TrainConfig(**settings)
+
+
+@pytest.mark.parametrize("settings", [dict(log_every=0), dict(checkpoint_every=0), dict(strategy="gpu"),
+                                      dict(intra_op_threads=-1), dict(eval_batches=-2)])
+def test_run_options_refuse_bad_settings_naming_the_flag(settings):
+    with pytest.raises(ValueError, match=f"--{next(iter(settings))}="):
+        train.RunOptions(**settings)
+
+
+def test_a_diverging_finite_loss_stops_like_nan():
+    trainer = train.Trainer(ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL), train.TrainConfig(epochs=1),
+                            steps_per_epoch=5, batch_size=2)
+    tokens = tf.constant(np.arange(16).reshape(2, 8) % 19 + 1, tf.int32)
+    trainer.train_step(tokens, tokens)
+    trainer.check_finite()  # About ln(20) = 3.0: a fresh model guesses uniformly.
+    trainer.model.output_layer.head_bias.assign(tf.one_hot(0, 20) * 1e4)  # Every label but padding is now 1e4 nats away.
+    trainer.train_step(tokens, tokens)
+    with pytest.raises(train.NonFiniteLossError, match="diverged above 5.99 .* at step 2"):
+        trainer.check_finite()
 
 
 def test_filter_log_probs_keeps_top_k_and_the_nucleus():
@@ -423,3 +456,87 @@ def test_auto_precision_is_resolved_logged_and_written_into_the_config(tmp_path)
     log = (tmp_path / "run" / "training_log.log").read_text()
     assert f"Precision {recorded} (auto: " in log
     assert "Epoch 1 time:" in log and "training steps took" in log
+
+
+def tiny_stream_run(tmp_path):
+    """A tiny dataset and configuration for the resume tests: 37 training batches an epoch."""
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.random.default_rng(0).integers(1, 30, 1200),
+                                               vocab_size=30, batch_size=4, seq_len=8)
+    return data_dir, ModelConfig(vocab_size=30, cutoffs=(8, 16), **TINY_MODEL), train.TrainConfig(epochs=2, warmup_steps=5)
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_and_keeps_both(tmp_path):
+    data_dir, model_config, config = tiny_stream_run(tmp_path)
+    run_dir, options = tmp_path / "run", dict(log_every=1, checkpoint_every=5)
+    train.train_and_evaluate(model_config, config, data_dir, run_dir, train.RunOptions(stop_after_steps=12, **options))
+    damaged = run_dir / "checkpoints" / "ckpt-12.data-00000-of-00001"
+    damaged.write_bytes(damaged.read_bytes()[:100])  # Truncated, as by a full disk.
+    train.train_and_evaluate(model_config, config, data_dir, run_dir, train.RunOptions(stop_after_steps=13, **options))
+    log = (run_dir / "training_log.log").read_text()
+    assert re.search(r"Could not read \S*ckpt-12 .*; resuming from \S*ckpt-10 instead", log)
+    assert "Resumed from" in log and "at step 10." in log
+    assert (run_dir / "checkpoints" / "ckpt-10.index").is_file()  # Still kept: the rotation dropped the damaged one.
+    assert (run_dir / "checkpoints" / "damaged-ckpt-12.index").is_file()
+    for data_file in (run_dir / "checkpoints").glob("ckpt-*.data-*"):
+        data_file.write_bytes(b"\0" * 64)
+    with pytest.raises(train.CheckpointError, match=r"No checkpoint in \S*checkpoints can be read: .*ckpt-13 .*ckpt-10"):
+        train.train_and_evaluate(model_config, config, data_dir, run_dir, train.RunOptions(**options))
+
+
+def test_a_run_killed_between_the_end_of_epoch_saves_still_records_that_epochs_best(tmp_path, monkeypatch):
+    data_dir, model_config, config = tiny_stream_run(tmp_path)
+    options = train.RunOptions(log_every=10, checkpoint_every=20)
+    straight = train.train_and_evaluate(model_config, config, data_dir, tmp_path / "straight", options)
+    save = tf.train.CheckpointManager.save
+
+    def killed_at_the_first_epoch_end(manager, checkpoint_number=None, **kwargs):
+        if checkpoint_number == 37 and manager.directory.endswith("checkpoints"):  # The regular save, after the best.
+            raise KeyboardInterrupt
+        return save(manager, checkpoint_number=checkpoint_number, **kwargs)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", killed_at_the_first_epoch_end)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(model_config, config, data_dir, tmp_path / "killed", options)
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
+    resumed = train.train_and_evaluate(model_config, config, data_dir, tmp_path / "killed", options)
+    assert resumed == straight
+    best = [json.loads((tmp_path / name / "checkpoints" / "best" / "best_valid.json").read_text())
+            for name in ("straight", "killed")]
+    assert best[0] == best[1]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_the_same_command_matches_an_uninterrupted_run(tmp_path):
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.random.default_rng(0).integers(1, 30, 1200),
+                                               vocab_size=30, batch_size=4, seq_len=8)
+    command = [sys.executable, "train.py", f"--data_dir={data_dir}", "--epochs=2", "--warmup_steps=5",
+               "--log_every=1", "--checkpoint_every=5", "--cutoffs=8,16", *TINY_FLAGS[:-1]]
+    straight = printed_results(run_script(*command, f"--logdir={tmp_path / 'straight'}"))
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen([*command, f"--logdir={killed_dir}"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed_dir / "base" / "checkpoints" / "ckpt-20.index").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = printed_results(run_script(*command, f"--logdir={killed_dir}"))
+    assert resumed == straight
+
+
+@pytest.mark.slow
+def test_a_truncated_tfrecord_stops_training_with_one_line_and_keeps_the_checkpoints(tmp_path):
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.random.default_rng(0).integers(1, 30, 1200),
+                                               vocab_size=30, batch_size=4, seq_len=8)
+    command = [sys.executable, "train.py", f"--data_dir={data_dir}", f"--logdir={tmp_path / 'logs'}", "--epochs=1",
+               "--cutoffs=8,16", *TINY_FLAGS[:-1]]
+    run_script(*command, "--checkpoint_every=5", "--stop_after_steps=10")
+    checkpoints = {path: path.read_bytes() for path in (tmp_path / "logs" / "base" / "checkpoints").rglob("*")
+                   if path.is_file()}
+    record = next(data_dir.glob("train-*.tfrecord"))
+    record.write_bytes(record.read_bytes()[: record.stat().st_size // 2])
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("train.py: error:")]
+    assert len(errors) == 1 and str(data_dir) in errors[0] and "damaged" in errors[0], result.stderr
+    assert {path: path.read_bytes() for path in checkpoints} == checkpoints
