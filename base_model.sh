@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Trains the default PAR Transformer-XL SuperNet: 6 blocks, d_model 128, 4 heads, d_ffn 1024,
 # mem_len 16, cutoffs 250,2500, dropout 0.1, Adam with 4000 warmup steps to max lr 1e-4 then
-# cosine decay, tau 1.0 -> 0.1, 20 epochs. Those are train.py's defaults, so none is restated here.
+# cosine decay, tau 1.0 -> 0.1, 20 epochs, --precision=auto (bfloat16 where the hardware runs it natively).
+# Those are train.py's defaults, so none is restated here.
 # Builds the data first if it is missing. Extra arguments pass through: ./base_model.sh --epochs=1
 set -euo pipefail
 cd "$(dirname "$0")"

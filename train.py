@@ -47,7 +47,7 @@ class TrainConfig:
     tau_end: float = 0.1  # ... annealed exponentially to this at the last step.
     seed: int = 0  # Seeds weights, dropout and Gumbel noise.
     jit_compile: str = "auto"  # XLA for the train and eval steps: on | off | auto (on where faster, see use_xla).
-    precision: str = "float32"  # auto (bfloat16 where native, else float32) | float32 | bfloat16 | float16 (loss-scaled): the compute dtype; weights stay float32.
+    precision: str = "auto"  # auto (bfloat16 where native, else float32) | float32 | bfloat16 | float16 (loss-scaled): the compute dtype; weights stay float32.
 
     def __post_init__(self):
         """Refuses a bad setting before anything is written; the message names the flag."""
