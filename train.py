@@ -12,10 +12,12 @@ perplexities; word-level perplexity divides the same total NLL by the split's wo
 """
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import math
 import pathlib
+import re
 import shutil
 import sys
 import time
@@ -43,8 +45,8 @@ class TrainConfig:
     weight_decay: float = 0.0  # adamw only; never applied to the architecture logits.
     clip_norm: float = 0.25  # Global-norm gradient clipping of the weights (Transformer-XL's value); 0 disables.
     arch_lr: float = 1e-3  # Constant Adam learning rate of the architecture logits.
-    tau_start: float = 1.0  # Gumbel-softmax temperature of the first step ...
-    tau_end: float = 0.1  # ... annealed exponentially to this at the last step.
+    tau_start: float = 1.0  # Gumbel-softmax temperature of the first step.
+    tau_end: float = 0.1  # Gumbel-softmax temperature of the last step, annealed exponentially from tau_start.
     seed: int = 0  # Seeds weights, dropout and Gumbel noise.
     jit_compile: str = "auto"  # XLA for the train and eval steps: on | off | auto (on where faster, see use_xla).
     precision: str = "auto"  # auto (bfloat16 where native, else float32) | float32 | bfloat16 | float16 (loss-scaled): the compute dtype; weights stay float32.
@@ -68,6 +70,7 @@ class RunOptions:
     eval_batches: int = 0  # Limit validation/test to this many batches (quick runs); 0 = whole split.
     strategy: str = "default"  # tf.distribute: default | mirrored | multi_worker | tpu (see README).
     intra_op_threads: int = 1  # Threads per op; 1 lets the cores run independent ops (a block's candidates) at once; 0 = TensorFlow's choice.
+    verbose: bool = False  # Show TensorFlow's INFO messages, such as each checkpoint save, on the console.
 
     def __post_init__(self):
         check_choice("strategy", self.strategy, ("default", "mirrored", "multi_worker", "tpu"))
@@ -474,8 +477,8 @@ def make_logger(run_dir, to_file=True):
     logger.propagate = False
     if not logger.handlers:
         console = logging.StreamHandler(sys.stdout)
-        # On a terminal the progress bar holds the current line; start each message below it.
-        console.setFormatter(logging.Formatter(("\n" if sys.stdout.isatty() else "") + "%(asctime)s %(message)s"))
+        # On a terminal the progress bar holds the current line: clear it, and the bar redraws below.
+        console.setFormatter(logging.Formatter(("\r\x1b[K" if sys.stdout.isatty() else "") + "%(asctime)s %(message)s"))
         logger.addHandler(console)
         if to_file:
             file = logging.FileHandler(run_dir / "training_log.log")
@@ -686,7 +689,8 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
         if done_in_epoch == 0:
             trainer.reset_memory()
         log.info("Epoch %d/%d from batch %d.", epoch + 1, config.epochs, done_in_epoch)
-        progress = keras.utils.Progbar(steps_per_epoch, unit_name="step")
+        # A progress bar only on a terminal: elsewhere (a file, a notebook's log) the log lines say it all.
+        progress = keras.utils.Progbar(steps_per_epoch, unit_name="step") if sys.stdout.isatty() else None
         epoch_start, first_batch, epoch_step_seconds = time.perf_counter(), done_in_epoch, 0.0
         clock = epoch_start
         for inputs, targets in data_utils.make_dataset(data_dir, "train").skip(done_in_epoch):
@@ -709,7 +713,8 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
                 log.info("step %d %s", step, " ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
                 if model.arch_variables and chief:
                     write_pi(trainer, run_dir, writers["train"], step)
-                progress.update(done_in_epoch, [("loss", loss)])
+                if progress:
+                    progress.update(done_in_epoch, [("loss", loss)])
             if step % options.checkpoint_every == 0:
                 save()
             if options.stop_after_steps and step >= options.stop_after_steps:
@@ -760,6 +765,11 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
 # Command line.
 
 
+def field_comments(settings_class):
+    """{field name: its trailing comment} of a dataclass: the comments written once are the flags' help."""
+    return dict(re.findall(r"^\s+(\w+): [^#\n]*#\s*(.+)$", inspect.getsource(settings_class), re.MULTILINE))
+
+
 def define_flags():
     """Flags mirror ModelConfig, TrainConfig and RunOptions; their defaults come from there."""
     from absl import flags
@@ -788,8 +798,7 @@ def define_flags():
     define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_boolean, str: flags.DEFINE_string}
     for settings in (train, run):
         for field in dataclasses.fields(settings):
-            define[field.type](field.name, getattr(settings, field.name),
-                               f"See {type(settings).__name__}.{field.name} in train.py.")
+            define[field.type](field.name, getattr(settings, field.name), field_comments(type(settings))[field.name])
     return flags.FLAGS
 
 
@@ -816,6 +825,8 @@ def main(argv):
     try:
         metadata = data_utils.load_metadata(flag_values.data_dir)
         model_config, config, options = configs_from_flags(flag_values, metadata["vocab_size"])
+        if not options.verbose:
+            tf.get_logger().setLevel(logging.WARNING)  # Checkpoint saves log at INFO.
         set_intra_op_threads(options.intra_op_threads)  # Before any TF op, as is the strategy:
         make_strategy(options.strategy)  # MultiWorkerMirroredStrategy refuses to start after any TF op.
         results = train_and_evaluate(model_config, config, flag_values.data_dir,

@@ -1,5 +1,6 @@
 """train.py, evaluate.py and generate.py: learning, exact resume, the NaN guard and the whole loop."""
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -540,3 +541,13 @@ def test_a_truncated_tfrecord_stops_training_with_one_line_and_keeps_the_checkpo
     errors = [line for line in result.stderr.splitlines() if line.startswith("train.py: error:")]
     assert len(errors) == 1 and str(data_dir) in errors[0] and "damaged" in errors[0], result.stderr
     assert {path: path.read_bytes() for path in checkpoints} == checkpoints
+
+
+def test_help_explains_every_flag_in_words():
+    result = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert "See TrainConfig" not in result.stdout
+    for settings in (train.TrainConfig(), train.RunOptions()):
+        for field in dataclasses.fields(settings):
+            help_line = re.search(rf"--(\[no\])?{field.name}: (.+)", result.stdout)
+            assert help_line and len(help_line.group(2).split()) >= 3, field.name
