@@ -92,6 +92,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert manager.latest_checkpoint == good
 
 
+@pytest.mark.slow
 def test_bad_flags_fail_before_training_with_one_line(tmp_path):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(600) % 20, vocab_size=20, batch_size=2, seq_len=8)
     cases = [(["--num_heads=3"], "num_heads"), (["--cutoffs=10,25"], "25"),
@@ -484,6 +485,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_and_keeps_bo
         train.train_and_evaluate(model_config, config, data_dir, run_dir, train.RunOptions(**options))
 
 
+@pytest.mark.slow
 def test_a_run_killed_between_the_end_of_epoch_saves_still_records_that_epochs_best(tmp_path, monkeypatch):
     data_dir, model_config, config = tiny_stream_run(tmp_path)
     options = train.RunOptions(log_every=10, checkpoint_every=20)
