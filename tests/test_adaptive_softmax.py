@@ -243,9 +243,11 @@ def test_bfloat16_compute_keeps_float32_log_probabilities():
     assert layer.log_probs(tf.cast(hidden, tf.bfloat16)).dtype == tf.float32
 
 
-def test_config_round_trip():
-    layer = AdaptiveSoftmax(VOCAB, (10, 30), proj_factor=2, pad_id=3)
-    assert AdaptiveSoftmax.from_config(layer.get_config()).get_config() == layer.get_config()
+def test_config_round_trip_rebuilds_the_same_clusters_and_widths():
+    rebuilt = AdaptiveSoftmax.from_config(AdaptiveSoftmax(VOCAB, (10, 30), proj_factor=2, pad_id=3).get_config())
+    assert (rebuilt.vocab_size, rebuilt.shortlist_size, rebuilt.clusters, rebuilt.pad_id) == (VOCAB, 10, [(10, 30), (30, VOCAB)], 3)
+    rebuilt.build((2, 16))
+    assert [tuple(p.shape) for p in rebuilt.tail_projections] == [(16, 8), (16, 4)]  # 16 / 2, 16 / 4.
 
 
 @pytest.mark.parametrize("cutoffs", [(), (10, 30)])

@@ -93,7 +93,7 @@ def test_exponential_tau_schedule_hits_both_ends_exactly(tau_start, tau_end):
 def test_exponential_tau_schedule_config_and_errors():
     schedule = ExponentialTauSchedule(tau_start=1.0, tau_end=0.1, total_steps=1000)
     rebuilt = ExponentialTauSchedule.from_config(schedule.get_config())
-    assert rebuilt.get_config() == schedule.get_config() and float(rebuilt(300)) == float(schedule(300))
+    assert float(rebuilt(0)) == 1.0 and float(rebuilt(500)) == pytest.approx(0.1**0.5, rel=1e-6)
     with pytest.raises(ValueError, match="tau_end=0"):
         ExponentialTauSchedule(1.0, 0.0, 10)
     with pytest.raises(ValueError, match="total_steps=0"):
