@@ -5,11 +5,13 @@
     python build_data.py --input_text my_corpus/  # a folder with train/valid/test files, or one file
 
 The output directory holds spm.model, unigram.txt, metadata.json and {train,valid,test}-*.tfrecord.
-It is built in a temporary directory and renamed at the end, so it is complete or absent.
+It is built in a temporary directory and renamed at the end, so it is complete or absent; the next
+build removes what a killed one left.
 """
 import json
 import os
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -36,33 +38,60 @@ flags.DEFINE_integer("shards", 1, "TFRecord files per split; each holds a contig
 flags.DEFINE_boolean("overwrite", False, "Replace an output directory that was built with other settings.")
 
 
+def read_text(path, what):
+    """A file's lines, with a warning when invalid UTF-8 had to be replaced."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise data_utils.DataError(f"{path}: no such file ({what}).")
+    lines, replaced = data_utils.read_lines(path)
+    if replaced:
+        logging.warning("%s: replaced %d invalid UTF-8 sequences with U+FFFD.", path, replaced)
+    return lines
+
+
 def read_splits(sources, expected_counts=None):
-    """Reads each split's lines, checking counts where known; returns (lines, sha256s) by split."""
-    lines, sha256s = {}, {}
-    for split, source in sources.items():
-        if isinstance(source, list):  # One --input_text file already cut into splits.
-            lines[split] = source
-            continue
-        source = pathlib.Path(source)
-        if not source.is_file():
-            raise data_utils.DataError(f"{source}: no such file (the {split} split).")
-        lines[split], replaced = data_utils.read_lines(source)
-        sha256s[split] = data_utils.sha256_of(source)
-        if replaced:
-            logging.warning("%s: replaced %d invalid UTF-8 sequences with U+FFFD.", source, replaced)
+    """Reads each split's lines, checking counts where known; returns (lines, sha256s) by split.
+
+    `sources` maps each split to its file, or is one file cut into the three splits. Each split's
+    sha256 is its file's, so an edited file is a change of settings.
+    """
+    if isinstance(sources, dict):
+        lines = {split: read_text(path, f"the {split} split") for split, path in sources.items()}
+        files = sources
+    else:
+        lines = data_utils.cut_splits(read_text(sources, "--input_text"), sources)
+        files = dict.fromkeys(lines, sources)
+    for split, path in files.items():
         if expected_counts:
-            data_utils.check_counts(source, lines[split], expected_counts[split])
+            data_utils.check_counts(path, lines[split], expected_counts[split])
         if not any(line.strip() for line in lines[split]):
-            raise data_utils.DataError(f"{source}: the {split} split is empty.")
-    return lines, sha256s
+            raise data_utils.DataError(f"{path}: the {split} split is empty.")
+    return lines, {split: data_utils.sha256_of(path) for split, path in files.items()}
+
+
+def built_settings(directory):
+    """The settings `directory` was built with, or None if it holds no dataset of this script."""
+    try:
+        metadata = json.loads((directory / data_utils.METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return metadata.get("settings") if isinstance(metadata, dict) else None
 
 
 def up_to_date(output_dir, settings, overwrite):
-    """True if `output_dir` holds a complete build with these settings; refuses other settings unless `overwrite`."""
-    metadata_path = pathlib.Path(output_dir) / data_utils.METADATA_FILE
-    if not pathlib.Path(output_dir).exists():
+    """True if `output_dir` holds a complete build with these settings; refuses other settings unless `overwrite`.
+
+    A folder that is not a dataset (no metadata.json with settings) is never replaced: it may hold anything.
+    """
+    if not output_dir.exists():
         return False
-    if metadata_path.is_file() and json.loads(metadata_path.read_text()).get("settings") == settings:
+    found = built_settings(output_dir)
+    if found is None:
+        raise data_utils.DataError(
+            f"{output_dir} exists but is not a dataset built by build_data.py (no {data_utils.METADATA_FILE} with build settings), "
+            f"so it is not replaced, even with --overwrite; choose another --output_dir."
+        )
+    if found == settings:
         return True
     if not overwrite:
         raise data_utils.DataError(
@@ -92,7 +121,7 @@ def build_dataset(output_dir, sources, *, vocab_size=12000, lowercase=True, mode
                   command=None):
     """Builds tokenizer, TFRecords, unigram file and metadata into `output_dir`, atomically.
 
-    `sources` maps each split to a file path (or a list of lines). Returns the metadata dict.
+    `sources` maps each split to its file, or is one file to cut into splits. Returns the metadata dict.
     """
     start = time.time()
     output_dir = pathlib.Path(output_dir)
@@ -104,11 +133,15 @@ def build_dataset(output_dir, sources, *, vocab_size=12000, lowercase=True, mode
         return data_utils.load_metadata(output_dir)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-building-", dir=output_dir.parent))
+    remove_stale_builds(output_dir)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-building-{os.getpid()}-", dir=output_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the dataset is not.
     try:
         logging.info("Training a %d-piece %s SentencePiece model on %d lines.", vocab_size, model_type, len(lines["train"]))
-        streams, rank = tokenize_splits(lines, staging, vocab_size, lowercase, model_type)
+        try:
+            streams, rank = tokenize_splits(lines, staging, vocab_size, lowercase, model_type)
+        except data_utils.DataError as error:
+            raise data_utils.DataError(f"The train split of {source_name} is too small for this vocabulary: {error}") from None
         split_metadata = {}
         for split in data_utils.SPLITS:
             # Train drops its final partial segment; valid and test are padded so every token is scored.
@@ -146,6 +179,31 @@ def build_dataset(output_dir, sources, *, vocab_size=12000, lowercase=True, mode
     return metadata
 
 
+def remove_stale_builds(output_dir):
+    """Deletes what killed builds of `output_dir` left beside it, which would otherwise stay forever.
+
+    Staging folders (`build_dataset`) and set-aside old datasets (`replace_directory`) are named with
+    the building process's id, so those of a build still running are left alone.
+    """
+    left_by_build = re.compile(rf"\.{re.escape(output_dir.name)}-(building|old)-(\d+)(-\w+)?")
+    for path in output_dir.parent.iterdir():
+        match = left_by_build.fullmatch(path.name)
+        if match and path.is_dir() and not process_alive(int(match[2])):
+            logging.info("Removing %s, left by a killed build.", path)
+            shutil.rmtree(path)
+
+
+def process_alive(pid):
+    """Whether process `pid` exists; a reused id only delays the cleanup of its folders."""
+    try:
+        os.kill(pid, 0)  # Signal 0 only asks whether the process exists.
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # It does, as another user's.
+        pass
+    return True
+
+
 def replace_directory(new, old):
     """Renames `new` to `old`, removing an existing `old` only once `new` is in place."""
     trash = None
@@ -178,6 +236,8 @@ def main(argv):
                       source_name=source_name, command=sys.argv)
     except data_utils.DataError as error:
         sys.exit(f"build_data.py: error: {error}")
+    except OSError as error:  # Unreadable input, read-only or full output.
+        sys.exit(f"build_data.py: error: {data_utils.error_line(error)}")
 
 
 if __name__ == "__main__":

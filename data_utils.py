@@ -74,6 +74,16 @@ class DataError(ValueError):
     """Bad input data or settings; the message names the file, flag or number at fault."""
 
 
+def error_line(error):
+    """The one line after `script.py: error:`: an OS error's path and reason, else the message's first line.
+
+    TensorFlow and HDF5 put node names and other details on the lines below it.
+    """
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.filename}: {error.strerror}"
+    return next(iter(str(error).splitlines()), type(error).__name__)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading text and checking it.
 
@@ -190,22 +200,14 @@ def locate_corpus(corpus, data_dir, local_dir=None, log=print):
 
 
 def find_split_files(path):
-    """Maps each split to a file for `--input_text`: a directory with train/valid/test files, or one file.
+    """The `--input_text` corpus: each split's file, from a directory with train/valid/test files.
 
-    One file is cut by lines into contiguous train (90%), valid (5%) and test (5%) parts, returned
-    as lists of lines instead of paths.
+    One file is returned as its path, for `cut_splits` to divide once it has been read and checked
+    like any split file.
     """
     path = pathlib.Path(path)
     if path.is_file():
-        lines, _ = read_lines(path)
-        held_out = max(1, len(lines) // 20)
-        if len(lines) < 3 * held_out or len(lines) < 3:
-            raise DataError(f"--input_text {path}: {len(lines)} lines; need at least 3 to cut train/valid/test.")
-        return {
-            "train": lines[: len(lines) - 2 * held_out],
-            "valid": lines[len(lines) - 2 * held_out : len(lines) - held_out],
-            "test": lines[len(lines) - held_out :],
-        }
+        return path
     if not path.is_dir():
         raise DataError(f"--input_text {path}: no such file or directory.")
     files = {}
@@ -218,6 +220,18 @@ def find_split_files(path):
             )
         files[split] = matches[0]
     return files
+
+
+def cut_splits(lines, path):
+    """Cuts one file's lines into contiguous train (90%), valid (5%) and test (5%) parts, by split."""
+    if len(lines) < 3:
+        raise DataError(f"--input_text {path}: {len(lines)} lines; need at least 3 to cut train/valid/test.")
+    held_out = max(1, len(lines) // 20)
+    return {
+        "train": lines[: len(lines) - 2 * held_out],
+        "valid": lines[len(lines) - 2 * held_out : len(lines) - held_out],
+        "test": lines[len(lines) - held_out :],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,6 +398,29 @@ def load_metadata(data_dir):
     if not path.is_file():
         raise DataError(f"{path}: no dataset metadata; build the dataset with ./create_tfrecords.sh first.")
     return json.loads(path.read_text())
+
+
+# The build settings that decide which id a text gets; batch_size, seq_len and shards only lay the ids out.
+TOKENIZER_SETTINGS = ("source_sha256", "vocab_size", "lowercase", "model_type")
+
+
+def check_data_matches_model(data_dir, record):
+    """Raises DataError unless `data_dir` was tokenized like the data the model was trained on.
+
+    `record` is the run's config.json (train.config_record), which an export copies. Ids of another
+    vocabulary index past the model's embeddings; another tokenizer of the same size scores a
+    plausible but meaningless perplexity.
+    """
+    metadata = load_metadata(data_dir)
+    trained_dir, vocab_size = record["data_dir"], record["model"]["vocab_size"]
+    if metadata["vocab_size"] != vocab_size:
+        raise DataError(f"{data_dir}: a vocabulary of {metadata['vocab_size']:,} ids, but the model was trained on "
+                        f"{vocab_size:,} ({trained_dir}); use data built with the same settings.")
+    trained, given = record["data"]["source"], metadata["settings"]
+    differing = [key for key in TOKENIZER_SETTINGS if trained.get(key) != given.get(key)]
+    if differing:
+        raise DataError(f"{data_dir}: tokenized unlike the model's training data {trained_dir} (settings "
+                        f"that differ: {', '.join(differing)}); use data built with the same settings.")
 
 
 def make_dataset(data_dir, split):

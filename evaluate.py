@@ -9,6 +9,7 @@ longer than in training: relative positional attention has no learned positions.
 import json
 import sys
 
+import tensorflow as tf
 from absl import app, flags
 
 import data_utils
@@ -30,11 +31,14 @@ def main(argv):
     try:
         model, record = train.load_model(argv[1], **overrides)
         data_dir = FLAGS.data_dir or record["data_dir"]
-        metadata = data_utils.load_metadata(data_dir)
-        results = train.evaluate(model, data_utils.make_dataset(data_dir, FLAGS.split),
-                                 metadata["splits"][FLAGS.split]["words"], metadata["batch_size"], FLAGS.jit_compile)
-    except (ValueError, data_utils.DataError) as error:
-        sys.exit(f"evaluate.py: error: {error}")
+        data_utils.check_data_matches_model(data_dir, record)
+    except ValueError as error:  # DataError included.
+        sys.exit(f"evaluate.py: error: {data_utils.error_line(error)}")
+    except (OSError, KeyError, TypeError, tf.errors.OpError) as error:  # A truncated or foreign file in the export.
+        sys.exit(f"evaluate.py: error: cannot load {argv[1]}: {data_utils.error_line(error)}")
+    metadata = data_utils.load_metadata(data_dir)
+    results = train.evaluate(model, data_utils.make_dataset(data_dir, FLAGS.split),
+                             metadata["splits"][FLAGS.split]["words"], metadata["batch_size"], FLAGS.jit_compile)
     print(json.dumps(dict(split=FLAGS.split, mem_len=model.config.mem_len, **results)))
 
 

@@ -20,8 +20,8 @@ flags.DEFINE_string("prompt", "", "Text to continue (lowercased if the tokenizer
 flags.DEFINE_integer("length", 100, "Tokens to sample.", lower_bound=1)
 flags.DEFINE_float("temperature", 1.0, "Softmax temperature; lower is more conservative.", lower_bound=1e-6)
 flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens; 0 = all.", lower_bound=0)
-flags.DEFINE_float("top_p", 1.0, "Sample among the smallest set of tokens with this much probability.",
-                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("top_p", 1.0, "Sample among the smallest set of tokens with this much probability.")
+flags.register_validator("top_p", lambda top_p: 0 < top_p <= 1, "must be in (0, 1]; --top_k=1 decodes greedily.")
 flags.DEFINE_integer("mem_len", None, "Memory length (default: the training one).", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
@@ -56,10 +56,15 @@ def main(argv):
         raise app.UsageError("Usage: python generate.py CHECKPOINT --prompt=TEXT [--length=N]")
     try:
         model, record = train.load_model(argv[1], **({"mem_len": FLAGS.mem_len} if FLAGS.mem_len is not None else {}))
-        exported = pathlib.Path(argv[1]) / data_utils.TOKENIZER_FILE
-        tokenizer = data_utils.Tokenizer.load(exported.parent if exported.is_file() else record["data_dir"])
-    except (ValueError, data_utils.DataError) as error:
-        sys.exit(f"generate.py: error: {error}")
+        if (pathlib.Path(argv[1]) / data_utils.TOKENIZER_FILE).is_file():  # An export carries its tokenizer.
+            tokenizer = data_utils.Tokenizer.load(argv[1])
+        else:  # The training data's, unless that has been rebuilt with other settings since.
+            data_utils.check_data_matches_model(record["data_dir"], record)
+            tokenizer = data_utils.Tokenizer.load(record["data_dir"])
+    except ValueError as error:  # DataError included.
+        sys.exit(f"generate.py: error: {data_utils.error_line(error)}")
+    except (OSError, KeyError, TypeError, tf.errors.OpError) as error:  # A truncated or foreign file in the export.
+        sys.exit(f"generate.py: error: cannot load {argv[1]}: {data_utils.error_line(error)}")
     # An empty prompt starts a new line, as after any line of the corpus.
     prompt = tokenizer.encode(tf.constant([FLAGS.prompt])).flat_values.numpy().tolist()
     prompt = prompt[:-1] if FLAGS.prompt else prompt  # Continue the prompt's line rather than ending it.

@@ -2,6 +2,8 @@
 import http.server
 import io
 import json
+import os
+import re
 import subprocess
 import sys
 import threading
@@ -30,6 +32,7 @@ def assert_fails_cleanly(result, output_dir, *fragments):
 
 
 SMALL = ["--vocab_size=40", "--batch_size=4", "--seq_len=8"]
+SMALL_SETTINGS = dict(vocab_size=40, batch_size=4, seq_len=8)
 
 
 @pytest.mark.slow
@@ -86,12 +89,91 @@ def test_custom_corpus_with_invalid_bytes_builds_and_warns(tmp_path, caplog):
     assert len(unigram) == 40 and abs(unigram.sum() - 1) < 1e-6
 
 
-def test_single_file_corpus_is_cut_into_contiguous_splits(tmp_path):
-    path = tmp_path / "one.txt"
-    path.write_text("".join(f"line {i}\n" for i in range(100)))
-    splits = data_utils.find_split_files(path)
-    assert splits["train"] + splits["valid"] + splits["test"] == [f"line {i}" for i in range(100)]
+def test_single_file_corpus_is_cut_into_contiguous_splits():
+    lines = [f"line {i}" for i in range(100)]
+    splits = data_utils.cut_splits(lines, "one.txt")
+    assert splits["train"] + splits["valid"] + splits["test"] == lines
     assert (len(splits["valid"]), len(splits["test"])) == (5, 5)
+
+
+def single_file_corpus(tmp_path, extra=b""):
+    path = tmp_path / "one.txt"
+    path.write_bytes((write_corpus(tmp_path / "corpus") / "train.txt").read_bytes() + extra)
+    return path
+
+
+def test_single_file_corpus_with_invalid_bytes_warns(tmp_path, caplog):
+    path = single_file_corpus(tmp_path, b" broken \xff bytes \n")
+    lines, sha256s = build_data.read_splits(data_utils.find_split_files(path))
+    assert "one.txt: replaced 1 invalid UTF-8" in caplog.text
+    assert sum(len(split_lines) for split_lines in lines.values()) == 301
+    assert sha256s == dict.fromkeys(data_utils.SPLITS, data_utils.sha256_of(path))
+
+
+def test_edited_single_file_corpus_is_not_up_to_date(tmp_path):
+    path = single_file_corpus(tmp_path)
+    output = tmp_path / "records"
+    build_data.build_dataset(output, data_utils.find_split_files(path), **SMALL_SETTINGS)
+    with open(path, "a") as f:
+        f.write(" one more line \n")
+    with pytest.raises(data_utils.DataError, match="built with other settings"):
+        build_data.build_dataset(output, data_utils.find_split_files(path), **SMALL_SETTINGS)
+    rebuilt = build_data.build_dataset(output, data_utils.find_split_files(path), **SMALL_SETTINGS, overwrite=True)
+    assert rebuilt["settings"]["source_sha256"]["train"] == data_utils.sha256_of(path)
+
+
+@pytest.mark.parametrize("text,split", [(" a b c \n d e \n f g \n", "train"), (" a b c \n \n f g \n", "valid")])
+def test_tiny_single_file_corpus_is_too_small_or_empty_naming_the_split(tmp_path, text, split):
+    path = tmp_path / "three.txt"
+    path.write_text(text)
+    with pytest.raises(data_utils.DataError, match=f"{split} split.*(too small|empty)") as error:
+        build_data.build_dataset(tmp_path / "records", data_utils.find_split_files(path), source_name=str(path))
+    assert str(path) in str(error.value)
+    assert list(tmp_path.iterdir()) == [path]  # Neither the output nor its staging folder.
+
+
+def test_overwrite_never_replaces_a_folder_that_is_not_a_dataset(tmp_path):
+    output = tmp_path / "records"
+    output.mkdir()
+    (output / "notes.txt").write_text("someone's work")
+    with pytest.raises(data_utils.DataError, match=f"{re.escape(str(output))} exists but is not a dataset.*--output_dir"):
+        build_data.build_dataset(output, data_utils.find_split_files(write_corpus(tmp_path / "corpus")),
+                                 **SMALL_SETTINGS, overwrite=True)
+    assert (output / "notes.txt").read_text() == "someone's work"
+
+
+def test_build_removes_what_killed_builds_left_and_nothing_else(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # Its pid is now free, like a killed build's.
+    left = [tmp_path / f".records-building-{dead.pid}-k2j4h_8x", tmp_path / f".records-old-{dead.pid}"]
+    kept = [tmp_path / f".records-building-{os.getpid()}-abcd1234", tmp_path / ".records-notes", tmp_path / "corpus"]
+    for folder in left + kept[:2]:
+        folder.mkdir()
+        (folder / "spm.model").write_text("half-written")
+    build_data.build_dataset(tmp_path / "records", data_utils.find_split_files(write_corpus(tmp_path / "corpus")),
+                             **SMALL_SETTINGS)
+    assert sorted(tmp_path.iterdir()) == sorted(kept + [tmp_path / "records"])
+
+
+def test_os_errors_fail_with_one_line_naming_the_path(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    (tmp_path / "file").write_text("")
+    output = tmp_path / "file" / "records"  # Its folder is a file.
+    result = run_build(f"--input_text={corpus}", f"--output_dir={output}", *SMALL)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("build_data.py: error:")]
+    assert error_lines == [f"build_data.py: error: {tmp_path / 'file'}: File exists"], result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_fails_with_one_line(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o555)
+    output = read_only / "records"
+    result = run_build(f"--input_text={corpus}", f"--output_dir={output}", *SMALL)
+    assert_fails_cleanly(result, output, str(read_only), "Permission denied")
+    assert "Traceback" not in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------
