@@ -579,8 +579,9 @@ def export(model, run_dir, data_dir):
             shutil.copyfile(pathlib.Path(data_dir) / name, directory / name)
 
 
-def build_model(model_config):
-    model = TransformerXL(model_config)
+def build_model(model_config, precision="float32"):
+    """A TransformerXL with its weights created, computing in `precision` (as trained: bfloat16 scores differ)."""
+    model = TransformerXL(model_config, dtype=dtype_policy(resolve_precision(precision)[0]))
     model(tf.zeros([1, 1], tf.int32), model.initial_memory(1))  # Creates the weights.
     return model
 
@@ -596,7 +597,7 @@ def load_model(path, **overrides):
     if not (run_dir / "config.json").is_file():
         raise ValueError(f"{path}: neither an export directory, a run directory nor a checkpoint in one.")
     record = json.loads((run_dir / "config.json").read_text())
-    model = build_model(ModelConfig(**{**record["model"], **overrides}))
+    model = build_model(ModelConfig(**{**record["model"], **overrides}), record["train"]["precision"])
     if (path / "model.weights.h5").is_file():
         model.load_weights(str(path / "model.weights.h5"))
         return model, record
