@@ -379,7 +379,9 @@ class Trainer:
         self.weight_optimizer.apply(gradients[: len(weights)], weights)
         if arch:
             self.arch_optimizer.apply(arch_gradients, arch)
-        self.memory_states.assign(context.all_gather(new_memory.states, axis=1))  # Rows back in replica order.
+        # Rows back in replica order; in float32, as CPU collectives take no bfloat16.
+        gathered = context.all_gather(tf.cast(new_memory.states, tf.float32), axis=1)
+        self.memory_states.assign(tf.cast(gathered, self.memory_states.dtype))
         self.memory_valid.assign(new_memory.valid_length)
         return tf.reduce_sum(nll), scored
 
@@ -618,6 +620,9 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     metadata = data_utils.load_metadata(data_dir)
     precision, precision_reason = resolve_precision(config.precision)
     config = dataclasses.replace(config, precision=precision)  # config.json records the precision used.
+    if options.strategy == "multi_worker" and precision == "bfloat16" and not tf.config.list_physical_devices("GPU"):
+        raise ValueError("--strategy=multi_worker with bfloat16 on CPUs: TensorFlow's CPU collectives take no "
+                         "bfloat16 variables; pass --precision=float32.")
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     strategy = make_strategy(options.strategy)

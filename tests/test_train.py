@@ -244,7 +244,8 @@ model_config = ModelConfig(vocab_size=30, cutoffs=(8, 16), d_model=16, num_heads
 losses = {}
 for name in sys.argv[2:]:
     strategy = strategies[name]()
-    trainer = train.Trainer(model_config, train.TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=5), 30, 4, strategy)
+    trainer = train.Trainer(model_config, train.TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=5, precision="float32"), 30, 4,
+                            strategy)
     losses[name + "_replicas"] = strategy.num_replicas_in_sync
     losses[name] = []
     for inputs, targets in data_utils.make_dataset(sys.argv[1], "train").take(30):
@@ -373,7 +374,7 @@ def test_multi_worker_train_py_writes_one_run_directory_and_resumes(tmp_path):
     steps = data_utils.load_metadata(data_dir)["splits"]["train"]["batches"]
     run_dir = tmp_path / "logs" / "mw"
     command = [sys.executable, "train.py", f"--data_dir={data_dir}", f"--logdir={tmp_path / 'logs'}", "--model_name=mw",
-               "--strategy=multi_worker", "--epochs=1", *TINY_FLAGS, "--warmup_steps=2", "--log_every=3",
+               "--strategy=multi_worker", "--precision=float32", "--epochs=1", *TINY_FLAGS, "--warmup_steps=2", "--log_every=3",
                "--checkpoint_every=4"]
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     with reserved_loopback_ports(2) as ports:
