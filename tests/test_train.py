@@ -474,7 +474,11 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_and_keeps_bo
     train.train_and_evaluate(model_config, config, data_dir, run_dir, train.RunOptions(stop_after_steps=12, **options))
     damaged = run_dir / "checkpoints" / "ckpt-12.data-00000-of-00001"
     damaged.write_bytes(damaged.read_bytes()[:100])  # Truncated, as by a full disk.
+    for unfinished in (run_dir / "checkpoints" / "ckpt-15_temp", run_dir / "checkpoints" / "best" / "ckpt-15_temp"):
+        unfinished.mkdir(parents=True)  # What a save killed midway leaves.
+        (unfinished / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\0" * 64)
     train.train_and_evaluate(model_config, config, data_dir, run_dir, train.RunOptions(stop_after_steps=13, **options))
+    assert not list(run_dir.rglob("*_temp"))
     log = (run_dir / "training_log.log").read_text()
     assert re.search(r"Could not read \S*ckpt-12 .*; resuming from \S*ckpt-10 instead", log)
     assert "Resumed from" in log and "at step 10." in log
