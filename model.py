@@ -354,12 +354,10 @@ class StochasticBlock(keras.layers.Layer):
         for candidate in self.candidates:
             candidate.build(input_shape)
 
-    def choice_weights(self, batch_size, tau=1.0, training=None, eval_mode="mix"):
-        """float32 weights of the candidates: [B, 3] when sampling per example, else [3]."""
+    def choice_weights(self, batch_size, tau=1.0, training=None):
+        """float32 weights of the candidates: [B, 3] when sampling per example, else [3]; pi when not training."""
         logits = tf.convert_to_tensor(self.arch_logits)
         if not training:
-            if eval_mode == "argmax":
-                return tf.one_hot(tf.argmax(logits), len(self.candidates), dtype=tf.float32)
             return tf.nn.softmax(logits)
         if self.gumbel_per_example:
             logits = tf.broadcast_to(logits, [batch_size, len(self.candidates)])
@@ -371,7 +369,7 @@ class StochasticBlock(keras.layers.Layer):
             branches = [functools.partial(candidate, x, memory, valid_length, training=False)
                         for candidate in self.candidates]
             return tf.switch_case(tf.argmax(self.arch_logits, output_type=tf.int32), branches)
-        weights = tf.cast(self.choice_weights(shape_list(x)[0], tau, training, eval_mode), self.compute_dtype)
+        weights = tf.cast(self.choice_weights(shape_list(x)[0], tau, training), self.compute_dtype)
         if self.gumbel_per_example:
             weights = weights[:, None, None, :]  # [B, 1, 1, 3]
         outputs = [candidate(x, memory, valid_length, training=training) for candidate in self.candidates]
