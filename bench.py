@@ -73,8 +73,7 @@ MATMUL_SIZE = 2048  # The peak's square matmuls: 2 * MATMUL_SIZE**3 FLOPs each.
 def parallel_matmuls():
     """How many independent matmuls the peak runs at once: one per core on a CPU, where each op may
     use a single thread (--intra_op_threads=1); one on an accelerator."""
-    accelerated = tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU")
-    return 1 if accelerated else os.cpu_count()
+    return 1 if train.accelerated() else os.cpu_count()
 
 
 def matmul_run(dtype, copies):
