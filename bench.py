@@ -201,9 +201,9 @@ def print_table(report):
 
 if __name__ == "__main__":
     FLAGS = train.define_flags()
-    flags.DEFINE_integer("vocab_size", 12000, "Vocabulary of the synthetic data (the default dataset's).")
-    flags.DEFINE_integer("batch_size", 32, "Rows per batch.")
-    flags.DEFINE_integer("seq_len", 32, "Tokens per segment.")
+    flags.DEFINE_integer("vocab_size", data_utils.DEFAULT_VOCAB_SIZE, "Vocabulary of the synthetic data.")
+    flags.DEFINE_integer("batch_size", data_utils.DEFAULT_BATCH_SIZE, "Rows per batch.")
+    flags.DEFINE_integer("seq_len", data_utils.DEFAULT_SEQ_LEN, "Tokens per segment.")
     flags.DEFINE_integer("steps", 60, "Timed steps per measurement (after warm-up), in 5 interleaved rounds.")
     flags.DEFINE_integer("warmup_steps_bench", 5, "Untimed steps first (compilation happens here).")
     flags.DEFINE_list("architectures", ["supernet", "AADDDD", "AAAAAA"], "'supernet' or fixed architecture strings.")

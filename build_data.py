@@ -28,13 +28,16 @@ flags.DEFINE_string("wikitext_dir", os.environ.get("WIKITEXT2_DIR"),
                     "Local folder holding the variant's wiki.{train,valid,test} files (default: $WIKITEXT2_DIR).")
 flags.DEFINE_string("input_text", None, "Your own UTF-8 corpus instead of WikiText-2: a train/valid/test folder or one file.")
 flags.DEFINE_string("data_dir", "data", "Where WikiText-2 is looked for and downloaded.")
-flags.DEFINE_string("output_dir", "data/tfrecords", "Where the tokenizer, records and metadata go.")
-flags.DEFINE_integer("vocab_size", 12000, "SentencePiece vocabulary size, reserved ids included.")
-flags.DEFINE_boolean("lowercase", True, "Lowercase the text before tokenizing, as the reference run did.")
-flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"], "SentencePiece model type.")
-flags.DEFINE_integer("batch_size", 32, "Contiguous streams per batch.", lower_bound=1)
-flags.DEFINE_integer("seq_len", 32, "Tokens per segment.", lower_bound=1)
-flags.DEFINE_integer("shards", 1, "TFRecord files per split; each holds a contiguous range of batches.", lower_bound=1)
+flags.DEFINE_string("output_dir", data_utils.DEFAULT_DATA_DIR, "Where the tokenizer, records and metadata go.")
+flags.DEFINE_integer("vocab_size", data_utils.DEFAULT_VOCAB_SIZE,
+                     "SentencePiece vocabulary size, reserved ids included.")
+flags.DEFINE_boolean("lowercase", data_utils.DEFAULT_LOWERCASE,
+                     "Lowercase the text before tokenizing, as the reference run did.")
+flags.DEFINE_enum("model_type", data_utils.DEFAULT_MODEL_TYPE, ["unigram", "bpe"], "SentencePiece model type.")
+flags.DEFINE_integer("batch_size", data_utils.DEFAULT_BATCH_SIZE, "Contiguous streams per batch.", lower_bound=1)
+flags.DEFINE_integer("seq_len", data_utils.DEFAULT_SEQ_LEN, "Tokens per segment.", lower_bound=1)
+flags.DEFINE_integer("shards", data_utils.DEFAULT_SHARDS,
+                     "TFRecord files per split; each holds a contiguous range of batches.", lower_bound=1)
 flags.DEFINE_boolean("overwrite", False, "Replace an output directory that was built with other settings.")
 
 
@@ -116,8 +119,10 @@ def tokenize_splits(lines, directory, vocab_size, lowercase, model_type):
     return streams, rank
 
 
-def build_dataset(output_dir, sources, *, vocab_size=12000, lowercase=True, model_type="unigram",
-                  batch_size=32, seq_len=32, shards=1, overwrite=False, expected_counts=None, source_name="",
+def build_dataset(output_dir, sources, *, vocab_size=data_utils.DEFAULT_VOCAB_SIZE,
+                  lowercase=data_utils.DEFAULT_LOWERCASE, model_type=data_utils.DEFAULT_MODEL_TYPE,
+                  batch_size=data_utils.DEFAULT_BATCH_SIZE, seq_len=data_utils.DEFAULT_SEQ_LEN,
+                  shards=data_utils.DEFAULT_SHARDS, overwrite=False, expected_counts=None, source_name="",
                   command=None):
     """Builds tokenizer, TFRecords, unigram file and metadata into `output_dir`, atomically.
 

@@ -39,6 +39,16 @@ METADATA_FILE = "metadata.json"
 TOKENIZER_FILE = "spm.model"
 UNIGRAM_FILE = "unigram.txt"
 
+# The default dataset, each of its defaults written only here: build_data.py's flags and build_dataset,
+# bench.py's synthetic data and the scripts that read the dataset (--data_dir, --unigram_file) use these.
+DEFAULT_DATA_DIR = "data/tfrecords"  # What ./create_tfrecords.sh builds and train.py reads.
+DEFAULT_VOCAB_SIZE = 12000  # SentencePiece pieces, reserved ids included.
+DEFAULT_LOWERCASE = True  # As the reference run did.
+DEFAULT_MODEL_TYPE = "unigram"  # SentencePiece's model type.
+DEFAULT_BATCH_SIZE = 32  # Contiguous streams per batch: the global batch.
+DEFAULT_SEQ_LEN = 32  # Tokens per segment.
+DEFAULT_SHARDS = 1  # TFRecord files per split.
+
 # The dataset author's mirror; it answers 403 to Python's default User-Agent.
 BROWSER_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
 
@@ -238,7 +248,7 @@ def cut_splits(lines, path):
 # Tokenizer.
 
 
-def train_sentencepiece(lines, model_path, vocab_size, lowercase=True, model_type="unigram"):
+def train_sentencepiece(lines, model_path, vocab_size, lowercase=DEFAULT_LOWERCASE, model_type=DEFAULT_MODEL_TYPE):
     """Trains SentencePiece on the training lines; reserves pad, end-of-line and keeps `<unk>` one piece.
 
     Ids here are SentencePiece's own; `frequency_ranking` then reorders them.
@@ -365,7 +375,7 @@ def shard_ranges(num_batches, num_shards):
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def write_tfrecords(windows, directory, split, num_shards=1):
+def write_tfrecords(windows, directory, split, num_shards=DEFAULT_SHARDS):
     """Writes one example per batch window, in order, into `num_shards` files; returns their names."""
     num_shards = max(1, min(num_shards, len(windows)))
     names = []

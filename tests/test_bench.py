@@ -1,5 +1,6 @@
-"""bench.py: its synthetic stream, and one tiny end-to-end run of the report."""
+"""bench.py: its synthetic stream, its data defaults, and one tiny end-to-end run of the report."""
 import json
+import re
 import subprocess
 import sys
 
@@ -13,6 +14,15 @@ from conftest import REPO_ROOT
 def test_zipf_stream_ranks_frequent_ids_first():
     zipf = bench.zipf_stream(20000, 100)
     assert zipf.min() >= 1 and zipf.max() < 100 and np.mean(zipf == 1) > np.mean(zipf == 2) > np.mean(zipf == 50)
+
+
+def test_data_flags_default_to_the_default_dataset():
+    """The README's side-by-side configuration: batch 32 x 32 and a 12k vocabulary, as build_data.py builds."""
+    result = subprocess.run([sys.executable, "bench.py", "--helpshort"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120)  # absl's help exits with status 1.
+    defaults = dict(re.findall(r"--(\w+):.*\n\s+\(default: '([^']*)'\)", result.stdout))
+    assert "vocab_size" in defaults, result.stderr[-3000:]
+    assert (defaults["vocab_size"], defaults["batch_size"], defaults["seq_len"]) == ("12000", "32", "32")
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """build_data.py: bad input, download from a local server, custom corpora, and the real WikiText-2 build."""
 import http.server
+import inspect
 import io
 import json
 import os
@@ -33,6 +34,17 @@ def assert_fails_cleanly(result, output_dir, *fragments):
 
 SMALL = ["--vocab_size=40", "--batch_size=4", "--seq_len=8"]
 SMALL_SETTINGS = dict(vocab_size=40, batch_size=4, seq_len=8)
+
+# The default dataset, written out here rather than read from data_utils (the README: 12k vocabulary, 32 x 32).
+README_DEFAULTS = dict(vocab_size=12000, lowercase=True, model_type="unigram", batch_size=32, seq_len=32, shards=1)
+
+
+def test_flags_and_build_dataset_default_to_the_documented_dataset():
+    keywords = inspect.signature(build_data.build_dataset).parameters
+    for name, value in README_DEFAULTS.items():
+        assert build_data.FLAGS[name].default == value, name
+        assert keywords[name].default == value, name
+    assert build_data.FLAGS["output_dir"].default == "data/tfrecords"
 
 
 @pytest.mark.slow
