@@ -12,7 +12,9 @@ per token of K clusters are
 
 with d = d_model, d_i = max(1, d // proj_factor**i) the width of tail i's projection, and
 g(k) = max(min_cost, k): below `min_cost` columns a matmul does not get cheaper (Grave et al.'s
-GPU saturation constant; 0 counts plain multiply-adds). The dynamic program
+GPU saturation constant; 0 counts plain multiply-adds). That is AdaptiveSoftmax.multiply_adds with
+each tail weighted by its probability; the widths and each part's cost come from adaptive_softmax.py
+(tail_projection_dims, head_multiply_adds, tail_multiply_adds). The dynamic program
 
     F_0(b) = d * g(b + K - 1),   F_i(b) = min_{a < b} F_{i-1}(a) + (S_b - S_a) * (d * d_i + d_i * g(b - a))
 
@@ -25,21 +27,13 @@ import time
 import numpy as np
 from absl import app, flags
 
-
-def tail_width(d_model, proj_factor, i):
-    return max(1, d_model // proj_factor**i)
+from adaptive_softmax import AdaptiveSoftmax, head_multiply_adds, tail_multiply_adds, tail_projection_dims, tail_shares
 
 
 def expected_cost(probs, cutoffs, d_model, proj_factor=4, min_cost=0):
     """The cost model above, evaluated directly for given cutoffs (no cutoffs: a full softmax)."""
-    bounds = [0, *cutoffs, len(probs)]
-    num_clusters = len(bounds) - 1
-    cost = d_model * max(min_cost, bounds[1] + num_clusters - 1)
-    for i in range(1, num_clusters):
-        mass = float(np.sum(probs[bounds[i] : bounds[i + 1]]))
-        width = tail_width(d_model, proj_factor, i)
-        cost += mass * (d_model * width + width * max(min_cost, bounds[i + 1] - bounds[i]))
-    return cost
+    return AdaptiveSoftmax.multiply_adds(d_model, len(probs), cutoffs, proj_factor,
+                                         tail_shares=tail_shares(probs, cutoffs), min_cost=min_cost)
 
 
 def optimal_cutoffs(probs, num_clusters, d_model, proj_factor=4, min_cost=0):
@@ -50,17 +44,16 @@ def optimal_cutoffs(probs, num_clusters, d_model, proj_factor=4, min_cost=0):
         raise ValueError(f"--num_clusters {num_clusters} must be between 1 and the vocab size {vocab_size}.")
     prefix = np.concatenate([[0.0], np.cumsum(probs)])  # prefix[b] = P(id < b)
     ends = np.arange(vocab_size + 1)
-    cost = d_model * np.maximum(min_cost, ends + num_clusters - 1).astype(np.float64)  # F_0(b): head ends at b.
+    cost = head_multiply_adds(d_model, ends + num_clusters - 1, min_cost).astype(np.float64)  # F_0(b): head ends at b.
     cost[0] = np.inf  # Every cluster holds at least one id.
     choices = []
-    for i in range(1, num_clusters):
-        width = tail_width(d_model, proj_factor, i)
+    for i, width in enumerate(tail_projection_dims(d_model, num_clusters - 1, proj_factor), start=1):
         targets = [vocab_size] if i == num_clusters - 1 else range(vocab_size + 1)  # The last tail ends at V.
         next_cost = np.full(vocab_size + 1, np.inf)
         best_start = np.zeros(vocab_size + 1, np.int64)
         for b in targets:
             starts = ends[:b]  # Tail i = [a, b) for every a < b.
-            candidates = cost[:b] + (prefix[b] - prefix[:b]) * (d_model * width + width * np.maximum(min_cost, b - starts))
+            candidates = cost[:b] + (prefix[b] - prefix[:b]) * tail_multiply_adds(d_model, width, b - starts, min_cost)
             if len(candidates):
                 best_start[b] = int(np.argmin(candidates))
                 next_cost[b] = candidates[best_start[b]]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from adaptive_softmax import AdaptiveSoftmax, tail_capacities, tail_projection_dims, tail_shares
+from adaptive_softmax import (AdaptiveSoftmax, head_multiply_adds, tail_capacities, tail_multiply_adds,
+                              tail_projection_dims, tail_shares)
 
 VOCAB, D_MODEL = 50, 16
 
@@ -216,6 +217,18 @@ def test_multiply_adds_matches_the_weights_it_multiplies():
     assert AdaptiveSoftmax.multiply_adds(D_MODEL, VOCAB, (10, 30), tail_shares=(0.5, 0.0)) == head + 0.5 * first_tail
     with pytest.raises(ValueError, match="tail_shares"):
         AdaptiveSoftmax.multiply_adds(D_MODEL, VOCAB, (10, 30), tail_shares=(0.5,))
+
+
+def test_min_cost_saturates_each_matmul_below_that_many_columns():
+    # D_MODEL 16: tail widths 16 // 4 = 4 and 16 // 16 = 1; the head has 10 + 2 columns, each tail 20 ids.
+    expected = 16 * 25 + 0.5 * (16 * 4 + 4 * 25) + 0.25 * (16 * 1 + 1 * 25)
+    assert AdaptiveSoftmax.multiply_adds(D_MODEL, VOCAB, (10, 30), tail_shares=(0.5, 0.25), min_cost=25) == expected
+    assert AdaptiveSoftmax.multiply_adds(D_MODEL, VOCAB, (10, 30), tail_shares=(0.5, 0.25), min_cost=0) == (
+        16 * 12 + 0.5 * (16 * 4 + 4 * 20) + 0.25 * (16 * 1 + 1 * 20))
+    # Arrays of sizes, as optimal_cuts.py's dynamic program passes them.
+    np.testing.assert_array_equal(head_multiply_adds(16, np.array([5, 30]), min_cost=25), [16 * 25, 16 * 30])
+    np.testing.assert_array_equal(tail_multiply_adds(16, 4, np.array([5, 30]), min_cost=25),
+                                  [16 * 4 + 4 * 25, 16 * 4 + 4 * 30])
 
 
 def test_compiled_loss_and_gradients_match_eager():
