@@ -28,15 +28,16 @@ import numpy as np
 from absl import app, flags
 
 from adaptive_softmax import AdaptiveSoftmax, head_multiply_adds, tail_multiply_adds, tail_projection_dims, tail_shares
+from model import ModelConfig
 
 
-def expected_cost(probs, cutoffs, d_model, proj_factor=4, min_cost=0):
+def expected_cost(probs, cutoffs, d_model, proj_factor, min_cost=0):
     """The cost model above, evaluated directly for given cutoffs (no cutoffs: a full softmax)."""
     return AdaptiveSoftmax.multiply_adds(d_model, len(probs), cutoffs, proj_factor,
                                          tail_shares=tail_shares(probs, cutoffs), min_cost=min_cost)
 
 
-def optimal_cutoffs(probs, num_clusters, d_model, proj_factor=4, min_cost=0):
+def optimal_cutoffs(probs, num_clusters, d_model, proj_factor, min_cost=0):
     """The cutoffs (without the vocab size) of `num_clusters` clusters, head included, of least expected cost."""
     probs = np.asarray(probs, np.float64)
     vocab_size = len(probs)
@@ -84,8 +85,9 @@ def read_unigram(path):
 FLAGS = flags.FLAGS
 flags.DEFINE_string("unigram_file", "data/tfrecords/unigram.txt", "Unigram probabilities in id order.")
 flags.DEFINE_integer("num_clusters", 3, "Clusters including the head; 3 = head + 2 tails = 2 cutoffs.")
-flags.DEFINE_integer("d_model", 128, "Width of the hidden state fed to the softmax.", lower_bound=1)
-flags.DEFINE_integer("proj_factor", 4, "Tail i projects to d_model // proj_factor**i.", lower_bound=1)
+flags.DEFINE_integer("d_model", ModelConfig.d_model, "Width of the hidden state fed to the softmax.", lower_bound=1)
+flags.DEFINE_integer("proj_factor", ModelConfig.proj_factor, "Tail i projects to d_model // proj_factor**i.",
+                     lower_bound=1)
 flags.DEFINE_integer("min_cost", 0, "Columns below which a matmul gets no cheaper (0: count multiply-adds).",
                      lower_bound=0)
 

@@ -44,10 +44,16 @@ def test_dynamic_program_equals_brute_force(seed, num_clusters, d_model, proj_fa
 
 
 def test_one_cluster_is_a_full_softmax_and_too_many_is_an_error():
-    assert optimal_cuts.optimal_cutoffs(zipf(10, 0), 1, 16) == []
-    assert optimal_cuts.optimal_cutoffs(zipf(10, 0), 10, 16) == list(range(1, 10))
+    assert optimal_cuts.optimal_cutoffs(zipf(10, 0), 1, 16, 4) == []
+    assert optimal_cuts.optimal_cutoffs(zipf(10, 0), 10, 16, 4) == list(range(1, 10))
     with pytest.raises(ValueError, match="--num_clusters 11"):
-        optimal_cuts.optimal_cutoffs(zipf(10, 0), 11, 16)
+        optimal_cuts.optimal_cutoffs(zipf(10, 0), 11, 16, 4)
+
+
+def test_flags_default_to_the_default_model():
+    """The README's default SuperNet: d_model 128, tails 4 times narrower each, cutoffs 250,2500 (3 clusters)."""
+    defaults = {name: optimal_cuts.FLAGS[name].default for name in ("d_model", "proj_factor", "num_clusters")}
+    assert defaults == dict(d_model=128, proj_factor=4, num_clusters=3)
 
 
 def run_cli(*args):
