@@ -27,6 +27,7 @@ import time
 import numpy as np
 from absl import app, flags
 
+import data_utils
 from adaptive_softmax import AdaptiveSoftmax, head_multiply_adds, tail_multiply_adds, tail_projection_dims, tail_shares
 from model import ModelConfig
 
@@ -83,7 +84,8 @@ def read_unigram(path):
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("unigram_file", "data/tfrecords/unigram.txt", "Unigram probabilities in id order.")
+flags.DEFINE_string("unigram_file", str(pathlib.Path(data_utils.DEFAULT_DATA_DIR) / data_utils.UNIGRAM_FILE),
+                    "Unigram probabilities in id order.")
 flags.DEFINE_integer("num_clusters", 3, "Clusters including the head; 3 = head + 2 tails = 2 cutoffs.")
 flags.DEFINE_integer("d_model", ModelConfig.d_model, "Width of the hidden state fed to the softmax.", lower_bound=1)
 flags.DEFINE_integer("proj_factor", ModelConfig.proj_factor, "Tail i projects to d_model // proj_factor**i.",
