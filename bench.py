@@ -28,6 +28,8 @@ import tensorflow as tf
 from absl import app, flags
 
 import data_utils
+import devices
+import evaluate
 import train
 from adaptive_softmax import tail_shares
 from model import flops_per_token
@@ -73,7 +75,7 @@ MATMUL_SIZE = 2048  # The peak's square matmuls: 2 * MATMUL_SIZE**3 FLOPs each.
 def parallel_matmuls():
     """How many independent matmuls the peak runs at once: one per core on a CPU, where each op may
     use a single thread (--intra_op_threads=1); one on an accelerator."""
-    return 1 if train.accelerated() else os.cpu_count()
+    return 1 if devices.accelerated() else os.cpu_count()
 
 
 def matmul_run(dtype, copies):
@@ -98,7 +100,7 @@ def step_runs(model_config, train_config, data_dir, batch_size, strategy):
     trainer = train.Trainer(model_config, train_config, steps_per_epoch=1000, batch_size=batch_size, strategy=strategy)
     batches = iter(data_utils.make_dataset(data_dir, "train").repeat())
     model = trainer.model
-    eval_step = train.evaluation_step(model, model.eval_mode, train.use_xla(train_config.jit_compile))
+    eval_step = evaluate.evaluation_step(model, "mix", devices.use_xla(train_config.jit_compile))
     memory = [model.initial_memory(batch_size)]
 
     def evaluate_once():
@@ -134,18 +136,18 @@ def main(argv):
     flag_values = FLAGS
     vocab_size, batch_size, seq_len = flag_values.vocab_size, flag_values.batch_size, flag_values.seq_len
     model_config, train_config, run_options = train.configs_from_flags(flag_values, vocab_size)
-    train.set_intra_op_threads(run_options.intra_op_threads)  # Before any TensorFlow op.
-    precisions = ([train.resolve_precision(train_config.precision)[0]] if flag_values["precision"].present
+    devices.set_intra_op_threads(run_options.intra_op_threads)  # Before any TensorFlow op.
+    precisions = ([devices.resolve_precision(train_config.precision)[0]] if flag_values["precision"].present
                   else flag_values.precisions)
-    strategy = train.make_strategy(run_options.strategy)
+    strategy = devices.make_strategy(run_options.strategy)
     report = dict(
         tensorflow=tf.__version__, device=device_name(), cpu_count=os.cpu_count(),
         intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
         inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads() or "default",
         strategy=run_options.strategy, replicas=strategy.num_replicas_in_sync, jit_compile=train_config.jit_compile,
-        xla_train=train.use_xla(train_config.jit_compile), batch_size=batch_size, seq_len=seq_len,
+        xla_train=devices.use_xla(train_config.jit_compile), batch_size=batch_size, seq_len=seq_len,
         vocab_size=vocab_size, steps=flag_values.steps, command=sys.argv, parallel_matmuls=parallel_matmuls(),
-        default_precision=train.resolve_precision(train.TrainConfig().precision)[0],
+        default_precision=devices.resolve_precision(train.TrainConfig().precision)[0],
         matmul_peak_flops={}, results=[],
     )
     with tempfile.TemporaryDirectory() as data_dir:
@@ -157,7 +159,7 @@ def main(argv):
                                                      else architecture) for architecture in flag_values.architectures}
         runs = {}
         for precision in precisions:
-            runs[("matmul", precision)] = matmul_run(keras.DTypePolicy(train.dtype_policy(precision)).compute_dtype,
+            runs[("matmul", precision)] = matmul_run(keras.DTypePolicy(devices.dtype_policy(precision)).compute_dtype,
                                                      report["parallel_matmuls"])
             for architecture, config in configs.items():
                 train_run, eval_run = step_runs(config, dataclasses.replace(train_config, precision=precision),

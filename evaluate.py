@@ -1,35 +1,89 @@
-"""Scores a trained model on a whole split: token-level and word-level perplexity.
+"""Scores a model on a whole split: token-level and word-level perplexity.
 
     python evaluate.py logs/base --split=test --mem_len=64
 
 CHECKPOINT is a run directory (its latest checkpoint), a checkpoint prefix inside one
 (logs/base/checkpoints/ckpt-2699) or an export directory (logs/base/export). --mem_len may be
 longer than in training: relative positional attention has no learned positions.
+
+Perplexity is exp(total NLL / total scored tokens) over a whole split, never a mean of per-batch
+perplexities; word-level perplexity divides the same total NLL by the split's word count. The
+memory is carried through the split from empty, as in training.
 """
+import functools
 import json
+import math
 import sys
 
 import tensorflow as tf
 from absl import app, flags
 
 import data_utils
-import train
+import runs
+from devices import use_xla
 
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("split", "valid", ["valid", "test"], "Split to score.")
-flags.DEFINE_integer("mem_len", None, "Memory length at evaluation (default: the training one).", lower_bound=0)
-flags.DEFINE_string("data_dir", None, "Dataset directory (default: the one the model was trained on).")
-flags.DEFINE_enum("eval_mode", None, ["mix", "argmax"], "SuperNet only: mix candidates with pi, or take each argmax.")
-flags.DEFINE_enum("jit_compile", "auto", ["on", "off", "auto"], "Compile the evaluation step with XLA (auto: on).")
+
+@functools.lru_cache(maxsize=None)
+def evaluation_step(model, eval_mode, jit_compile):
+    """A compiled step returning (NLL summed over scored tokens, their count, new memory).
+
+    Cached per model, eval_mode and jit_compile, so each compiles once per run.
+    """
+
+    def step(inputs, targets, memory):
+        nll, new_memory = model.token_nll(inputs, targets, memory, training=False, eval_mode=eval_mode,
+                                          gather_rows=not jit_compile)
+        scored = tf.reduce_sum(tf.cast(tf.not_equal(targets, data_utils.PAD_ID), tf.float64))
+        return tf.reduce_sum(tf.cast(nll, tf.float64)), scored, new_memory
+
+    return tf.function(step, jit_compile=jit_compile)
+
+
+def evaluate(model, dataset, words, batch_size, jit_compile="auto", max_batches=0, eval_mode="mix"):
+    """Token and word perplexity over a split, with memory carried through it from empty.
+
+    eval_mode: a SuperNet "mix"es its candidates with pi, or runs each block's "argmax" candidate.
+    """
+    step = evaluation_step(model, eval_mode, use_xla(jit_compile))
+    memory = model.initial_memory(batch_size)
+    total_nll = tf.constant(0.0, tf.float64)
+    total_tokens = tf.constant(0.0, tf.float64)
+    for inputs, targets in dataset.take(max_batches) if max_batches else dataset:
+        nll, count, memory = step(inputs, targets, memory)
+        total_nll += nll
+        total_tokens += count
+    total_nll, total_tokens = float(total_nll), float(total_tokens)
+    return dict(
+        loss=total_nll / total_tokens,
+        perplexity=math.exp(total_nll / total_tokens),
+        word_perplexity=math.exp(total_nll / words) if not max_batches else float("nan"),
+        tokens=total_tokens,
+    )
+
+
+def evaluate_both_ways(model, dataset, words, batch_size, jit_compile, max_batches):
+    """A SuperNet is scored mixing with pi and with its argmax architecture; their gap shows how settled it is."""
+    results = {"": evaluate(model, dataset, words, batch_size, jit_compile, max_batches)}
+    if model.arch_variables:
+        results["argmax_"] = evaluate(model, dataset, words, batch_size, jit_compile, max_batches, eval_mode="argmax")
+    return {prefix + key: value for prefix, result in results.items() for key, value in result.items()}
+
+
+def define_flags():
+    flags.DEFINE_enum("split", "valid", ["valid", "test"], "Split to score.")
+    flags.DEFINE_integer("mem_len", None, "Memory length at evaluation (default: the training one).", lower_bound=0)
+    flags.DEFINE_string("data_dir", None, "Dataset directory (default: the one the model was trained on).")
+    flags.DEFINE_enum("eval_mode", "mix", ["mix", "argmax"], "SuperNet only: mix candidates with pi, or take each argmax.")
+    flags.DEFINE_enum("jit_compile", "auto", ["on", "off", "auto"], "Compile the evaluation step with XLA "
+                      "(auto: on a GPU or TPU).")
+    return flags.FLAGS
 
 
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("Usage: python evaluate.py CHECKPOINT [--split=valid|test] [--mem_len=M]")
-    overrides = {key: value for key, value in (("mem_len", FLAGS.mem_len), ("eval_mode", FLAGS.eval_mode))
-                 if value is not None}
     try:
-        model, record = train.load_model(argv[1], **overrides)
+        model, record = runs.load_model(argv[1], **({"mem_len": FLAGS.mem_len} if FLAGS.mem_len is not None else {}))
         data_dir = FLAGS.data_dir or record["data_dir"]
         data_utils.check_data_matches_model(data_dir, record)
     except ValueError as error:  # DataError included.
@@ -37,10 +91,11 @@ def main(argv):
     except (OSError, KeyError, TypeError, tf.errors.OpError) as error:  # A truncated or foreign file in the export.
         sys.exit(f"evaluate.py: error: cannot load {argv[1]}: {data_utils.error_line(error)}")
     metadata = data_utils.load_metadata(data_dir)
-    results = train.evaluate(model, data_utils.make_dataset(data_dir, FLAGS.split),
-                             metadata["splits"][FLAGS.split]["words"], metadata["batch_size"], FLAGS.jit_compile)
-    print(json.dumps(dict(split=FLAGS.split, mem_len=model.config.mem_len, **results)))
+    results = evaluate(model, data_utils.make_dataset(data_dir, FLAGS.split), metadata["splits"][FLAGS.split]["words"],
+                       metadata["batch_size"], FLAGS.jit_compile, eval_mode=FLAGS.eval_mode)
+    print(json.dumps(dict(split=FLAGS.split, mem_len=model.config.mem_len, eval_mode=FLAGS.eval_mode, **results)))
 
 
 if __name__ == "__main__":
+    FLAGS = define_flags()
     app.run(main)

@@ -13,7 +13,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import data_utils
-import train
+import runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("prompt", "", "Text to continue (lowercased if the tokenizer lowercases).")
@@ -55,7 +55,7 @@ def main(argv):
     if len(argv) != 2:
         raise app.UsageError("Usage: python generate.py CHECKPOINT --prompt=TEXT [--length=N]")
     try:
-        model, record = train.load_model(argv[1], **({"mem_len": FLAGS.mem_len} if FLAGS.mem_len is not None else {}))
+        model, record = runs.load_model(argv[1], **({"mem_len": FLAGS.mem_len} if FLAGS.mem_len is not None else {}))
         if (pathlib.Path(argv[1]) / data_utils.TOKENIZER_FILE).is_file():  # An export carries its tokenizer.
             tokenizer = data_utils.Tokenizer.load(argv[1])
         else:  # The training data's, unless that has been rebuilt with other settings since.

@@ -14,7 +14,6 @@ d_model. Attention looks at K = M + T key positions, the M = mem_len positions o
 the segment's own T, with H heads of width d_head (N in einsum strings). Memory is explicit state:
 `call(tokens, memory) -> (hidden, new_memory)`.
 """
-import contextlib
 import dataclasses
 import functools
 import math
@@ -24,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import data_utils
 from adaptive_softmax import AdaptiveSoftmax, check_cutoffs
 from gumbel import gumbel_softmax
 
@@ -37,23 +37,21 @@ class ModelConfig:
 
     vocab_size: int  # Token ids 0..vocab_size-1, padding included.
     d_model: int = 128  # Width of the residual stream (even: it holds [sin | cos] encodings).
-    num_heads: int = 4  # Attention heads.
-    d_head: int | None = None  # Width of each head; None = d_model // num_heads.
+    num_heads: int = 4  # Number of attention heads.
+    d_head: int | None = None  # Width of each head; unset = d_model // num_heads.
     d_ffn: int = 1024  # Inner width of the dense (feed-forward) blocks.
     num_layers: int = 6  # Blocks; with an architecture, len(architecture).
     mem_len: int = 16  # Positions of memory per attention block.
     dropout_rate: float = 0.1  # Dropout on embeddings, block outputs, the FFN inner layer and the final hidden.
     attention_dropout_rate: float = 0.0  # Dropout on attention weights.
-    cutoffs: tuple = (250, 2500)  # Adaptive softmax cluster boundaries over frequency-ranked ids; () = full softmax.
+    cutoffs: tuple = (250, 2500)  # Adaptive softmax cluster boundaries over frequency-ranked ids; empty = full softmax.
     proj_factor: int = 4  # Each tail cluster's projection is this factor narrower than the previous one.
-    proj_dims: tuple | None = None  # Explicit projection width per tail cluster; overrides proj_factor.
-    architecture: str | None = None  # None = SuperNet of num_layers stochastic blocks; "AADDDI" = fixed.
+    proj_dims: tuple | None = None  # Projection width of each tail cluster, overriding proj_factor; unset = by proj_factor.
+    architecture: str | None = None  # A fixed architecture, e.g. AADDDI (attention, dense, identity); unset = the SuperNet of num_layers stochastic blocks.
     pre_norm: bool = False  # LayerNorm before each block's sublayer (and once at the end) instead of after.
     clamp_len: int = -1  # Distances beyond clamp_len use clamp_len's encoding; -1 = no clamping.
     gumbel_per_example: bool = False  # One Gumbel sample per example ([B, 3]) instead of per step ([3]).
     straight_through: bool = False  # Hard one-hot Gumbel samples forward, soft gradients backward.
-    eval_mode: str = "mix"  # training=False: "mix" with pi = softmax(arch_logits), or each block's "argmax".
-    pad_id: int = 0  # Label that scores no loss.
     tie_embeddings: bool = False  # The input embedding doubles as the output weights of the head's shortlist.
 
     def __post_init__(self):
@@ -86,10 +84,6 @@ class ModelConfig:
             raise ValueError(f"proj_dims={self.proj_dims} must give one width per cutoff (cutoffs={self.cutoffs}).")
         if self.clamp_len != -1 and self.clamp_len < 1:
             raise ValueError(f"clamp_len={self.clamp_len} must be -1 (no clamping) or at least 1.")
-        if self.eval_mode not in EVAL_MODES:
-            raise ValueError(f"eval_mode={self.eval_mode!r} must be one of {EVAL_MODES}.")
-        if not 0 <= self.pad_id < self.vocab_size:
-            raise ValueError(f"pad_id={self.pad_id} must be a token id below vocab_size={self.vocab_size}.")
 
     @property
     def head_dim(self):
@@ -415,7 +409,6 @@ class TransformerXL(keras.Model):
     def __init__(self, config, **kwargs):
         super().__init__(autocast=False, **kwargs)
         self.config = config
-        self.eval_mode = config.eval_mode
         self.is_supernet = config.architecture is None
         self.embedding = keras.layers.Embedding(config.vocab_size, config.d_model,
                                                 embeddings_initializer=initializer(), dtype=self.dtype_policy)
@@ -425,7 +418,7 @@ class TransformerXL(keras.Model):
                            if config.pre_norm else None)
         self.output_dropout = Dropout(config.dropout_rate, dtype=self.dtype_policy)
         self.output_layer = AdaptiveSoftmax(config.vocab_size, config.cutoffs, config.proj_factor,
-                                            config.proj_dims, config.pad_id,
+                                            config.proj_dims, data_utils.PAD_ID,
                                             tied_embedding=self.embedding if config.tie_embeddings else None,
                                             dtype=self.dtype_policy)
 
@@ -465,19 +458,22 @@ class TransformerXL(keras.Model):
         shape = (self.num_memory_layers, batch_size, self.config.mem_len, self.config.d_model)
         return Memory(tf.zeros(shape, self.compute_dtype), tf.constant(0, tf.int32))
 
-    def call(self, tokens, memory, tau=1.0, training=False):
+    def call(self, tokens, memory, tau=1.0, training=False, eval_mode="mix"):
         """tokens [B, T] int32, memory: Memory, tau float scalar -> (hidden [B, T, D], new Memory).
 
         hidden is the output layer's input (after the final dropout). Each attention-bearing
         block's new memory is the last mem_len positions of its input, concat[old memory, x],
-        without gradient.
+        without gradient. eval_mode, for a SuperNet not training: "mix" the candidates with pi,
+        or run each block's "argmax" candidate alone.
         """
+        if eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode={eval_mode!r} must be one of {EVAL_MODES}.")
         num_tokens = shape_list(tokens)[1]
         states = tf.cast(memory.states, self.compute_dtype)  # [L_mem, B, M, D]
         mem_len = states.shape[2]  # The memory given, which may differ from config.mem_len.
         x = self.embedding(tokens) * tf.cast(math.sqrt(self.config.d_model), self.compute_dtype)  # [B, T, D]
         x = self.embedding_dropout(x, training=training)
-        extra = dict(tau=tau, eval_mode=self.eval_mode) if self.is_supernet else {}
+        extra = dict(tau=tau, eval_mode=eval_mode) if self.is_supernet else {}
         new_states = []
         for block in self.blocks:
             if block.uses_memory:
@@ -492,30 +488,19 @@ class TransformerXL(keras.Model):
         valid_length = tf.minimum(memory.valid_length + num_tokens, mem_len)
         return hidden, Memory(tf.stack(new_states) if new_states else states, valid_length)
 
-    def token_nll(self, tokens, labels, memory, tau=1.0, training=False, gather_rows=False):
+    def token_nll(self, tokens, labels, memory, tau=1.0, training=False, eval_mode="mix", gather_rows=False):
         """tokens, labels [B, T] int32 -> (nll [B, T] float32, 0 at pad labels; new Memory).
 
         gather_rows: each adaptive softmax tail scores only its own tokens; only for steps not
         compiled with XLA (see AdaptiveSoftmax).
         """
-        hidden, new_memory = self(tokens, memory, tau=tau, training=training)
+        hidden, new_memory = self(tokens, memory, tau=tau, training=training, eval_mode=eval_mode)
         return self.output_layer(hidden, labels, gather_rows=gather_rows), new_memory
 
-    def log_probs(self, tokens, memory, tau=1.0, training=False):
+    def log_probs(self, tokens, memory, tau=1.0, training=False, eval_mode="mix"):
         """tokens [B, T] int32 -> (log-probabilities [B, T, V] float32, new Memory)."""
-        hidden, new_memory = self(tokens, memory, tau=tau, training=training)
+        hidden, new_memory = self(tokens, memory, tau=tau, training=training, eval_mode=eval_mode)
         return self.output_layer.log_probs(hidden), new_memory
-
-    @contextlib.contextmanager
-    def eval_mode_as(self, eval_mode):
-        """Evaluates with another eval_mode inside the block. Functions traced inside see it."""
-        if eval_mode not in EVAL_MODES:
-            raise ValueError(f"eval_mode={eval_mode!r} must be one of {EVAL_MODES}.")
-        previous, self.eval_mode = self.eval_mode, eval_mode
-        try:
-            yield
-        finally:
-            self.eval_mode = previous
 
     @property
     def arch_variables(self):

@@ -11,7 +11,6 @@ Perplexity is exp(total NLL / total scored tokens) over a whole split, never a m
 perplexities; word-level perplexity divides the same total NLL by the split's word count.
 """
 import dataclasses
-import functools
 import inspect
 import json
 import logging
@@ -21,15 +20,18 @@ import re
 import shutil
 import sys
 import time
-import types
+import typing
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 import data_utils
+import devices
 import plot_arch
+import runs
 from adaptive_softmax import tail_shares
+from evaluate import evaluate_both_ways
 from gumbel import ExponentialTauSchedule
 from model import Memory, ModelConfig, TransformerXL, count_parameters, flops_per_token
 
@@ -96,120 +98,6 @@ def check_positive(settings, *names):
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf, or diverged; the message names the step."""
-
-
-class CheckpointError(RuntimeError):
-    """No checkpoint of a run can be read; the message names them."""
-
-
-def set_intra_op_threads(threads):
-    """Threads each TensorFlow op may use; must run before TensorFlow's first op.
-
-    The SuperNet step is thousands of small ops: on 2 CPU cores, one thread per op with the
-    executor running independent ops side by side beats splitting each op across cores
-    (bench.py, bfloat16 SuperNet: 109 ms a step against 133 ms).
-    """
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-
-
-def accelerated():
-    """Whether a GPU or TPU is attached."""
-    return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
-
-
-def use_xla(jit_compile):
-    """Whether the training and evaluation steps compile with XLA.
-
-    auto: only on a GPU or TPU. On a CPU the uncompiled steps are faster: TensorFlow's executor
-    runs a SuperNet block's independent candidates on separate cores where XLA:CPU runs them one
-    after the other, XLA:CPU's bfloat16 matmuls do not use the AMX units oneDNN uses, and without
-    XLA the adaptive softmax tails can score only their own tokens.
-    """
-    if jit_compile not in ("on", "off", "auto"):
-        raise ValueError(f"--jit_compile {jit_compile!r}: expected on, off or auto.")
-    if jit_compile != "auto":
-        return jit_compile == "on"
-    return accelerated()
-
-
-POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-
-
-def dtype_policy(precision):
-    if precision not in POLICIES:
-        raise ValueError(f"--precision {precision!r}: expected one of {', '.join(POLICIES)}.")
-    return POLICIES[precision]
-
-
-def native_bfloat16():
-    """Why this machine computes in bfloat16 natively (a TPU, a GPU of compute capability 8.0 or
-    more, a CPU with AVX512_BF16 or AMX), or None where it would only emulate it."""
-    if tf.config.list_physical_devices("TPU"):
-        return "TPU"
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        major, minor = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
-        return f"GPU of compute capability {major}.{minor}" if major >= 8 else None
-    try:
-        flags = next(line for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return None
-    found = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags.split()]
-    return f"CPU with {' and '.join(found)}" if found else None
-
-
-def resolve_precision(precision):
-    """--precision=auto: (bfloat16 where the hardware runs it natively, else float32, and why); others as given."""
-    if precision != "auto":
-        return precision, "as given"
-    native = native_bfloat16()
-    return ("bfloat16", f"auto: {native}") if native else ("float32", "auto: no native bfloat16 here")
-
-
-@functools.lru_cache(maxsize=None)
-def make_strategy(name):
-    """The tf.distribute strategy named by --strategy (multi_worker reads TF_CONFIG; tpu finds the Colab/Cloud TPU).
-
-    One per name and process: MultiWorkerMirroredStrategy must be made before any other TensorFlow work
-    (main makes it first) and train_and_evaluate then gets that same one.
-    """
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="")
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"--strategy {name!r}: expected default, mirrored, multi_worker or tpu.")
-
-
-def is_chief(strategy):
-    """Whether this process writes the run's files: every process but a multi-worker strategy's non-chief workers.
-
-    As in TensorFlow's multi-worker tutorials, the chief is the task of type "chief", or worker 0 when the
-    cluster has none. Strategies without a cluster (default, mirrored) have one process, the chief.
-    """
-    resolver = strategy.cluster_resolver
-    if resolver is None or resolver.task_type is None:
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief)
-
-
-def checkpoint_write_dir(run_dir, strategy):
-    """Where this process saves checkpoints: run_dir/checkpoints on the chief.
-
-    Under MultiWorkerMirroredStrategy every worker must save (saving reads the distributed variables
-    collectively), so each other worker saves into a temporary directory of its own,
-    run_dir/workertemp_<task id>/checkpoints, and deletes run_dir/workertemp_<task id> after each save.
-    """
-    if is_chief(strategy):
-        return run_dir / "checkpoints"
-    return run_dir / f"workertemp_{strategy.cluster_resolver.task_id}" / "checkpoints"
 
 
 class FusedAdam(keras.optimizers.Adam):
@@ -282,7 +170,7 @@ class Trainer:
         # Indexed by steps taken before a step: the first step uses tau_start, the last tau_end.
         self.tau_schedule = ExponentialTauSchedule(config.tau_start, config.tau_end, max(self.total_steps - 1, 1))
         with self.strategy.scope():
-            self.model = TransformerXL(model_config, dtype=dtype_policy(resolve_precision(config.precision)[0]))
+            self.model = TransformerXL(model_config, dtype=devices.dtype_policy(devices.resolve_precision(config.precision)[0]))
             self.learning_rate_schedule = learning_rate_schedule(config, self.total_steps)
             self.weight_optimizer = make_weight_optimizer(config, self.learning_rate_schedule)
             self.arch_optimizer = FusedAdam(config.arch_lr)
@@ -304,7 +192,7 @@ class Trainer:
             self.token_count = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="interval_token_count")
         single_device = self.strategy is tf.distribute.get_strategy() or replicas == 1
         # XLA compiles the whole step on one device; across replicas the collectives stay outside it.
-        self.jit_compile = use_xla(config.jit_compile) and single_device
+        self.jit_compile = devices.use_xla(config.jit_compile) and single_device
         self.train_step = tf.function(self._train_step, jit_compile=self.jit_compile)
         # Keras 3 layers are not all tracked by tf.train.Checkpoint, so the model's variables
         # (weights, arch logits, RNG states) are saved as one ordered list.
@@ -403,78 +291,6 @@ class Trainer:
         return nll / max(count, 1.0), count
 
 
-@functools.lru_cache(maxsize=None)
-def evaluation_step(model, eval_mode, jit_compile):
-    """A compiled step returning (NLL summed over scored tokens, their count, new memory).
-
-    Cached per model and eval_mode (read when the step is traced), so each compiles once per run.
-    """
-
-    def step(inputs, targets, memory):
-        nll, new_memory = model.token_nll(inputs, targets, memory, training=False, gather_rows=not jit_compile)
-        scored = tf.reduce_sum(tf.cast(tf.not_equal(targets, data_utils.PAD_ID), tf.float64))
-        return tf.reduce_sum(tf.cast(nll, tf.float64)), scored, new_memory
-
-    return tf.function(step, jit_compile=jit_compile)
-
-
-def evaluate(model, dataset, words, batch_size, jit_compile="auto", max_batches=0):
-    """Token and word perplexity over a split, with memory carried through it from empty."""
-    step = evaluation_step(model, model.eval_mode, use_xla(jit_compile))
-    memory = model.initial_memory(batch_size)
-    total_nll = tf.constant(0.0, tf.float64)
-    total_tokens = tf.constant(0.0, tf.float64)
-    for inputs, targets in dataset.take(max_batches) if max_batches else dataset:
-        nll, count, memory = step(inputs, targets, memory)
-        total_nll += nll
-        total_tokens += count
-    total_nll, total_tokens = float(total_nll), float(total_tokens)
-    return dict(
-        loss=total_nll / total_tokens,
-        perplexity=math.exp(total_nll / total_tokens),
-        word_perplexity=math.exp(total_nll / words) if not max_batches else float("nan"),
-        tokens=total_tokens,
-    )
-
-
-def evaluate_both_ways(model, dataset, words, batch_size, jit_compile, max_batches):
-    """A SuperNet is scored mixing with pi and with its argmax architecture; their gap shows how settled it is."""
-    results = {"": evaluate(model, dataset, words, batch_size, jit_compile, max_batches)}
-    if model.arch_variables:
-        with model.eval_mode_as("argmax"):
-            results["argmax_"] = evaluate(model, dataset, words, batch_size, jit_compile, max_batches)
-    return {prefix + key: value for prefix, result in results.items() for key, value in result.items()}
-
-
-def config_record(model_config, config, data_dir, metadata):
-    return dict(model=dataclasses.asdict(model_config), train=dataclasses.asdict(config),
-                data=dict(vocab_size=metadata["vocab_size"], batch_size=metadata["batch_size"],
-                          seq_len=metadata["seq_len"], source=metadata["settings"]),
-                data_dir=str(pathlib.Path(data_dir).resolve()))
-
-
-def check_or_save_config(run_dir, record, save=True):
-    """Saves the run's config beside its checkpoints (unless not `save`); refuses to resume a run made with another.
-
-    The dataset is compared by content (its build settings and sources), not by its path. The file is
-    written whole under another name and then renamed, so other workers never read half of it.
-    """
-    path = run_dir / "config.json"
-    record = json.loads(json.dumps(record))  # Tuples become lists, as they do on disk.
-    if not path.is_file():
-        if save:
-            path.with_suffix(".json.tmp").write_text(json.dumps(record, indent=1))
-            path.with_suffix(".json.tmp").replace(path)
-        return
-    saved = json.loads(path.read_text())
-    changed = [f"{part}.{key}: {saved.get(part, {}).get(key)} -> {value}"
-               for part in ("model", "train", "data") for key, value in record[part].items()
-               if saved.get(part, {}).get(key) != value]
-    if changed:
-        raise ValueError(f"{run_dir} holds a run with another config ({'; '.join(changed)}); "
-                         f"use another --model_name, or delete {run_dir} to start over.")
-
-
 def make_logger(run_dir, to_file=True):
     """Logs to the console and (if `to_file`) to training_log.log in the run directory."""
     logger = logging.getLogger(f"train.{run_dir}")
@@ -513,104 +329,11 @@ def write_pi(trainer, run_dir, writer, step):
     return pi
 
 
-def checkpoint_paths(checkpoint_dir):
-    """The checkpoint prefixes in a directory, newest first, read from their index files, not from
-    the `checkpoint` state file, which a kill may leave stale or damaged."""
-    indexes = pathlib.Path(checkpoint_dir).glob("ckpt-*.index")
-    numbered = [(int(path.stem.split("-")[1]), path.with_suffix("")) for path in indexes if path.stem[5:].isdigit()]
-    return [str(prefix) for _, prefix in sorted(numbered, reverse=True)]
-
-
-def restore_readable_checkpoint(checkpoint, checkpoint_dir, log, chief=True):
-    """Restores the newest checkpoint that reads whole and returns its prefix, or None if there is none.
-
-    Newer ones that do not read (truncated, corrupted) are named in a warning and, by the chief, set
-    aside as damaged-ckpt-N.* with the restored one made the latest, so that the rotation of saves
-    never deletes a good checkpoint in their favour. Raises CheckpointError when none reads.
-    """
-    unreadable, errors = [], []
-    for prefix in checkpoint_paths(checkpoint_dir):
-        try:
-            checkpoint.restore(prefix).assert_existing_objects_matched()
-        except (tf.errors.OpError, OSError, ValueError, IndexError, AssertionError) as error:  # Each seen on damage.
-            unreadable.append(prefix)
-            errors.append(f"{prefix} ({data_utils.error_line(error)})")
-            continue
-        if unreadable:
-            log.warning("Could not read %s; resuming from %s instead, the others set aside as damaged-*.",
-                        "; ".join(errors), prefix)
-            if chief:
-                set_aside_damaged(unreadable, checkpoint_dir, prefix)
-        return prefix
-    if unreadable:
-        raise CheckpointError(f"No checkpoint in {checkpoint_dir} can be read: {'; '.join(errors)}. Move them "
-                              f"away to start the run over.")
-    return None
-
-
-def set_aside_damaged(prefixes, checkpoint_dir, restored):
-    """Renames each damaged checkpoint's files to damaged-<name> and makes `restored` the latest."""
-    for prefix in map(pathlib.Path, prefixes):
-        for path in prefix.parent.glob(prefix.name + ".*"):
-            path.rename(path.with_name("damaged-" + path.name))
-    tf.compat.v1.train.update_checkpoint_state(str(checkpoint_dir), restored,
-                                               all_model_checkpoint_paths=checkpoint_paths(checkpoint_dir)[::-1])
-
-
-def remove_unfinished_saves(checkpoint_dir):
-    """Deletes the ckpt-N_temp folders that a save killed midway leaves in the run's checkpoint folders."""
-    for directory in (pathlib.Path(checkpoint_dir), pathlib.Path(checkpoint_dir) / "best"):
-        for unfinished in directory.glob("ckpt-*_temp"):
-            if unfinished.is_dir():
-                shutil.rmtree(unfinished)
-
-
 def forget_pi_after(path, step):
     """Drops pi records a killed run wrote after its last checkpoint; the resumed run writes them again."""
     if path.is_file():
         kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
         path.write_text("".join(line + "\n" for line in kept))
-
-
-def export(model, run_dir, data_dir):
-    """Writes run_dir/export: the run's config, the weights and the tokenizer, all that
-    evaluate.py and generate.py need."""
-    directory = run_dir / "export"
-    directory.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / "config.json", directory / "config.json")
-    model.save_weights(str(directory / "model.weights.h5"))
-    for name in (data_utils.METADATA_FILE, data_utils.TOKENIZER_FILE):
-        if (pathlib.Path(data_dir) / name).is_file():  # Synthetic datasets have no tokenizer.
-            shutil.copyfile(pathlib.Path(data_dir) / name, directory / name)
-
-
-def build_model(model_config, precision="float32"):
-    """A TransformerXL with its weights created, computing in `precision` (as trained: bfloat16 scores differ)."""
-    model = TransformerXL(model_config, dtype=dtype_policy(resolve_precision(precision)[0]))
-    model(tf.zeros([1, 1], tf.int32), model.initial_memory(1))  # Creates the weights.
-    return model
-
-
-def load_model(path, **overrides):
-    """Rebuilds a trained model from an export directory, a run directory or a checkpoint prefix.
-
-    `overrides` change config fields that hold no weights, e.g. a longer mem_len for evaluation.
-    Returns (model, the run's config record, whose "data_dir" is the dataset it was trained on).
-    """
-    path = pathlib.Path(path)
-    run_dir = path if (path / "config.json").is_file() else path.parent.parent
-    if not (run_dir / "config.json").is_file():
-        raise ValueError(f"{path}: neither an export directory, a run directory nor a checkpoint in one.")
-    record = json.loads((run_dir / "config.json").read_text())
-    model = build_model(ModelConfig(**{**record["model"], **overrides}), record["train"]["precision"])
-    if (path / "model.weights.h5").is_file():
-        model.load_weights(str(path / "model.weights.h5"))
-        return model, record
-    checkpoint = tf.train.latest_checkpoint(run_dir / "checkpoints") if path == run_dir else str(path)
-    if checkpoint is None:
-        raise ValueError(f"{run_dir}: no checkpoint yet.")
-    tf.train.Checkpoint(model_variables=list(model.variables)).restore(checkpoint).expect_partial()
-    return model, record
 
 
 def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptions()):
@@ -621,17 +344,17 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     writes into run_dir; the others save their checkpoints into a temporary directory (checkpoint_write_dir).
     """
     metadata = data_utils.load_metadata(data_dir)
-    precision, precision_reason = resolve_precision(config.precision)
+    precision, precision_reason = devices.resolve_precision(config.precision)
     config = dataclasses.replace(config, precision=precision)  # config.json records the precision used.
     if options.strategy == "multi_worker" and precision == "bfloat16" and not tf.config.list_physical_devices("GPU"):
         raise ValueError("--strategy=multi_worker with bfloat16 on CPUs: TensorFlow's CPU collectives take no "
                          "bfloat16 variables; pass --precision=float32.")
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    strategy = make_strategy(options.strategy)
-    chief = is_chief(strategy)
-    record = config_record(model_config, config, data_dir, metadata)
-    check_or_save_config(run_dir, record, save=False)
+    strategy = devices.make_strategy(options.strategy)
+    chief = devices.is_chief(strategy)
+    record = runs.config_record(model_config, config, data_dir, metadata)
+    runs.check_or_save_config(run_dir, record, save=False)
     log = make_logger(run_dir, to_file=chief)
     log.info("Precision %s (%s).", precision, precision_reason)
     batch_size, seq_len = metadata["batch_size"], metadata["seq_len"]
@@ -639,14 +362,14 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     unigram_path = pathlib.Path(data_dir) / data_utils.UNIGRAM_FILE  # Synthetic datasets have none.
     shares = tail_shares(np.loadtxt(unigram_path), model_config.cutoffs) if unigram_path.is_file() else None
     trainer = Trainer(model_config, config, steps_per_epoch, batch_size, strategy)
-    check_or_save_config(run_dir, record, save=chief)  # Only once the run can start.
+    runs.check_or_save_config(run_dir, record, save=chief)  # Only once the run can start.
     model = trainer.model
-    checkpoint_dir, write_dir = run_dir / "checkpoints", checkpoint_write_dir(run_dir, strategy)
+    checkpoint_dir, write_dir = run_dir / "checkpoints", devices.checkpoint_write_dir(run_dir, strategy)
     best_path = checkpoint_dir / "best" / "best_valid.json"
     best_loss = json.loads(best_path.read_text())["loss"] if best_path.is_file() else float("inf")
     if chief:
-        remove_unfinished_saves(checkpoint_dir)
-    latest = restore_readable_checkpoint(trainer.checkpoint, checkpoint_dir, log, chief)  # Every worker: the chief's.
+        runs.remove_unfinished_saves(checkpoint_dir)
+    latest = runs.restore_readable_checkpoint(trainer.checkpoint, checkpoint_dir, log, chief)  # Every worker: the chief's.
     manager = tf.train.CheckpointManager(trainer.checkpoint, write_dir, max_to_keep=2)
     best_manager = tf.train.CheckpointManager(trainer.checkpoint, write_dir / "best", max_to_keep=1)
     if latest:
@@ -760,7 +483,7 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
         results["derived_architecture"] = model.derived_architecture()
         log.info("Derived architecture: --architecture=%s", results["derived_architecture"])
     if chief:
-        export(model, run_dir, data_dir)
+        runs.export(model, run_dir, data_dir)
         if model.arch_variables and (run_dir / plot_arch.PI_HISTORY_FILE).is_file():
             plot_arch.plot_history(run_dir)
             log.info("pi.gif and pi.png in %s", run_dir)
@@ -779,53 +502,60 @@ def field_comments(settings_class):
     return dict(re.findall(r"^\s+(\w+): [^#\n]*#\s*(.+)$", inspect.getsource(settings_class), re.MULTILINE))
 
 
-def define_flags():
-    """Flags mirror ModelConfig, TrainConfig and RunOptions; their defaults come from there."""
+def field_kind(field):
+    """(int, float, bool, str or tuple, whether None is allowed) of a ModelConfig, TrainConfig or RunOptions field."""
+    kinds = [kind for kind in typing.get_args(field.type) or (field.type,) if kind is not type(None)]
+    return typing.get_origin(kinds[0]) or kinds[0], len(kinds) < len(typing.get_args(field.type) or (field.type,))
+
+
+def define_dataclass_flags(settings_class, flag_values, skip=()):
+    """One flag per field, with the field's default and its comment as help; tuples are comma-separated lists."""
     from absl import flags
 
-    model = types.SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(ModelConfig)})  # Defaults only.
-    train, run = TrainConfig(), RunOptions()
-    flags.DEFINE_string("data_dir", "data/tfrecords", "Dataset built by ./create_tfrecords.sh.")
-    flags.DEFINE_string("logdir", "logs", "Runs go to LOGDIR/MODEL_NAME (as in tensorboard --logdir).")
-    flags.DEFINE_string("model_name", "base", "Name of the run (its directory under --logdir).")
-    flags.DEFINE_integer("d_model", model.d_model, "Width of the residual stream.")
-    flags.DEFINE_integer("num_heads", model.num_heads, "Attention heads.")
-    flags.DEFINE_integer("d_ffn", model.d_ffn, "Inner width of the dense (feed-forward) blocks.")
-    flags.DEFINE_integer("num_layers", model.num_layers, "Stochastic blocks of the SuperNet.")
-    flags.DEFINE_integer("mem_len", model.mem_len, "Positions of memory per attention block.")
-    flags.DEFINE_float("dropout_rate", model.dropout_rate, "Dropout on embeddings and block outputs.")
-    flags.DEFINE_float("attention_dropout_rate", model.attention_dropout_rate, "Dropout on attention weights.")
-    flags.DEFINE_list("cutoffs", [str(c) for c in model.cutoffs], "Adaptive softmax cutoffs; empty = full softmax.")
-    flags.DEFINE_integer("proj_factor", model.proj_factor, "Each tail cluster's projection shrinks by this factor.")
-    flags.DEFINE_list("proj_dims", None, "Explicit projection size per tail cluster (overrides --proj_factor).")
-    flags.DEFINE_string("architecture", model.architecture, "Fixed architecture, e.g. AADDDI; unset = SuperNet.")
-    flags.DEFINE_boolean("pre_norm", model.pre_norm, "Layer norm before each block instead of after.")
-    flags.DEFINE_boolean("straight_through", model.straight_through, "Hard one-hot Gumbel samples, soft gradients.")
-    flags.DEFINE_boolean("gumbel_per_example", model.gumbel_per_example, "One Gumbel sample per example, not per step.")
-    flags.DEFINE_boolean("tie_embeddings", model.tie_embeddings, "Share the embedding with the shortlist's output weights.")
-    flags.DEFINE_integer("clamp_len", model.clamp_len, "Longer distances use this one's encoding; -1 = none.")
-    define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_boolean, str: flags.DEFINE_string}
-    for settings in (train, run):
-        comments = field_comments(type(settings))
-        for field in dataclasses.fields(settings):
-            define[field.type](field.name, getattr(settings, field.name), comments[field.name])
-    return flags.FLAGS
+    define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_boolean,
+              str: flags.DEFINE_string, tuple: flags.DEFINE_list}
+    comments = field_comments(settings_class)
+    for field in dataclasses.fields(settings_class):
+        if field.name not in skip:
+            kind, _ = field_kind(field)
+            default = field.default if kind is not tuple or field.default is None else [str(v) for v in field.default]
+            define[kind](field.name, default, comments[field.name], flag_values=flag_values)
+
+
+def dataclass_from_flags(settings_class, flag_values, **given):
+    """The dataclass that the flags describe; an empty --x= leaves an optional field None."""
+    values = {}
+    for field in dataclasses.fields(settings_class):
+        if field.name in given:
+            continue
+        value, (kind, optional) = flag_values[field.name].value, field_kind(field)
+        if optional and value in (None, "", []):
+            value = None
+        elif kind is tuple:
+            value = tuple(int(v) for v in value)  # Every tuple field holds ints (cutoffs, widths).
+        values[field.name] = value
+    return settings_class(**values, **given)
+
+
+def define_flags(flag_values=None):
+    """The flags of train.py (and bench.py): ModelConfig's (but vocab_size, the dataset's), TrainConfig's and RunOptions'."""
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    flags.DEFINE_string("data_dir", data_utils.DEFAULT_DATA_DIR, "Dataset built by ./create_tfrecords.sh.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("logdir", "logs", "Runs go to LOGDIR/MODEL_NAME (as in tensorboard --logdir).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("model_name", "base", "Name of the run (its directory under --logdir).", flag_values=flag_values)
+    define_dataclass_flags(ModelConfig, flag_values, skip=("vocab_size",))
+    define_dataclass_flags(TrainConfig, flag_values)
+    define_dataclass_flags(RunOptions, flag_values)
+    return flag_values
 
 
 def configs_from_flags(flag_values, vocab_size):
-    model = ModelConfig(
-        vocab_size=vocab_size, d_model=flag_values.d_model, num_heads=flag_values.num_heads,
-        d_ffn=flag_values.d_ffn, num_layers=flag_values.num_layers, mem_len=flag_values.mem_len,
-        dropout_rate=flag_values.dropout_rate, attention_dropout_rate=flag_values.attention_dropout_rate,
-        cutoffs=tuple(int(c) for c in flag_values.cutoffs), proj_factor=flag_values.proj_factor,
-        proj_dims=tuple(int(d) for d in flag_values.proj_dims) if flag_values.proj_dims else None,
-        architecture=flag_values.architecture or None, pre_norm=flag_values.pre_norm,
-        straight_through=flag_values.straight_through, gumbel_per_example=flag_values.gumbel_per_example,
-        tie_embeddings=flag_values.tie_embeddings, clamp_len=flag_values.clamp_len,
-    )
-    train = TrainConfig(**{f.name: getattr(flag_values, f.name) for f in dataclasses.fields(TrainConfig)})
-    run = RunOptions(**{f.name: getattr(flag_values, f.name) for f in dataclasses.fields(RunOptions)})
-    return model, train, run
+    return (dataclass_from_flags(ModelConfig, flag_values, vocab_size=vocab_size),
+            dataclass_from_flags(TrainConfig, flag_values), dataclass_from_flags(RunOptions, flag_values))
 
 
 def main(argv):
@@ -837,11 +567,11 @@ def main(argv):
         model_config, config, options = configs_from_flags(flag_values, metadata["vocab_size"])
         if not options.verbose:
             tf.get_logger().setLevel(logging.WARNING)  # Checkpoint saves log at INFO.
-        set_intra_op_threads(options.intra_op_threads)  # Before any TF op, as is the strategy:
-        make_strategy(options.strategy)  # MultiWorkerMirroredStrategy refuses to start after any TF op.
+        devices.set_intra_op_threads(options.intra_op_threads)  # Before any TF op, as is the strategy:
+        devices.make_strategy(options.strategy)  # MultiWorkerMirroredStrategy refuses to start after any TF op.
         results = train_and_evaluate(model_config, config, flag_values.data_dir,
                                      pathlib.Path(flag_values.logdir) / flag_values.model_name, options)
-    except (ValueError, NonFiniteLossError, CheckpointError) as error:  # DataError is a ValueError.
+    except (ValueError, NonFiniteLossError, runs.CheckpointError) as error:  # DataError is a ValueError.
         sys.exit(f"train.py: error: {error}")
     except tf.errors.DataLossError as error:
         sys.exit(f"train.py: error: {flag_values.data_dir}: a TFRecord file is damaged ({data_utils.error_line(error)}); "

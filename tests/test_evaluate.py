@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import build_data
 import data_utils
+import runs
 import train
 from conftest import REPO_ROOT, write_corpus
 from model import ModelConfig
@@ -23,10 +24,10 @@ def make_run(root, data_dir):
                                num_layers=2, mem_len=4)
     run_dir = root / "run"
     run_dir.mkdir()
-    train.check_or_save_config(run_dir, train.config_record(model_config, train.TrainConfig(), data_dir, metadata))
-    model = train.build_model(model_config)
+    runs.check_or_save_config(run_dir, runs.config_record(model_config, train.TrainConfig(), data_dir, metadata))
+    model = runs.build_model(model_config)
     tf.train.Checkpoint(model_variables=list(model.variables)).write(str(run_dir / "checkpoints" / "ckpt-1"))
-    train.export(model, run_dir, data_dir)
+    runs.export(model, run_dir, data_dir)
     return run_dir
 
 
@@ -98,3 +99,19 @@ def test_top_p_zero_is_refused_naming_the_flag():
     result = run_script("generate.py", "logs/base/export", "--top_p=0")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "--top_p=0.0: must be in (0, 1]" in result.stderr
+
+
+def test_a_config_written_before_fields_retired_still_loads_and_resumes(run_dir, tmp_path):
+    old_run = tmp_path / "old_run"
+    shutil.copytree(run_dir, old_run)
+    record = json.loads((old_run / "config.json").read_text())
+    current = json.loads(json.dumps(record))
+    record["model"].update(eval_mode="argmax", pad_id=0)  # As runs recorded them until eval_mode became an argument.
+    (old_run / "config.json").write_text(json.dumps(record))
+    model, loaded = runs.load_model(old_run / "checkpoints" / "ckpt-1")
+    assert "eval_mode" not in loaded["model"] and model.config.mem_len == 4
+    runs.check_or_save_config(old_run, current)  # Resuming with today's record is not refused.
+    record["model"]["pad_id"] = 3
+    (old_run / "config.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="model.pad_id=3"):
+        runs.load_model(old_run / "checkpoints" / "ckpt-1")

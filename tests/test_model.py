@@ -146,19 +146,25 @@ def copy_choices_into_fixed_model(supernet, choices):
 
 
 def test_argmax_evaluation_equals_the_chosen_fixed_architecture():
-    supernet = tiny_model(eval_mode="argmax", dropout_rate=0.0)
+    supernet = tiny_model(dropout_rate=0.0)
     for block, logits in zip(supernet.blocks, ([0.1, 0.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.0, 0.3])):
         block.arch_logits.assign(logits)
     assert supernet.derived_architecture() == "ADI"
     fixed = copy_choices_into_fixed_model(supernet, "ADI")
     supernet_memory, fixed_memory = supernet.initial_memory(2), fixed.initial_memory(2)
     for segment in (random_tokens((2, 5), seed=1), random_tokens((2, 5), seed=2)):
-        supernet_nll, supernet_memory = supernet.token_nll(segment, segment, supernet_memory)
+        supernet_nll, supernet_memory = supernet.token_nll(segment, segment, supernet_memory, eval_mode="argmax")
         fixed_nll, fixed_memory = fixed.token_nll(segment, segment, fixed_memory)
         np.testing.assert_allclose(supernet_nll, fixed_nll, atol=1e-5)
     np.testing.assert_array_equal(supernet_memory.states[0], fixed_memory.states[0])
-    with supernet.eval_mode_as("mix"):  # Mixing with pi is not the argmax architecture.
-        assert not np.allclose(supernet.token_nll(segment, segment, supernet_memory)[0], fixed_nll, atol=1e-3)
+    mixed_nll = supernet.token_nll(segment, segment, supernet_memory)[0]  # eval_mode="mix" by default.
+    assert not np.allclose(mixed_nll, fixed_nll, atol=1e-3)  # Mixing with pi is not the argmax architecture.
+
+
+def test_an_unknown_eval_mode_is_refused_by_name():
+    supernet, segment = tiny_model(), random_tokens((2, 5), seed=1)
+    with pytest.raises(ValueError, match="eval_mode='best'"):
+        supernet.token_nll(segment, segment, supernet.initial_memory(2), eval_mode="best")
 
 
 def block_inputs(batch=2, length=4, mem_len=3):
@@ -260,7 +266,6 @@ def test_half_precision_is_finite_with_empty_memory(policy):
     (dict(num_heads=3), "num_heads=3"),
     (dict(architecture="AAXD"), "architecture='AAXD'"),
     (dict(architecture=""), "architecture=''"),
-    (dict(eval_mode="best"), "eval_mode='best'"),
     (dict(cutoffs=(30, 20)), "cutoffs=(30, 20)"),
     (dict(d_model=15, num_heads=1), "d_model=15"),
     (dict(mem_len=-1), "mem_len=-1"),
@@ -324,11 +329,11 @@ def test_dropout_keeps_the_expected_fraction_and_rescales(rate):
 
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_compiled_argmax_evaluation_runs_only_the_chosen_candidates_and_equals_the_fixed_model(jit_compile):
-    supernet = tiny_model(eval_mode="argmax", dropout_rate=0.0)
+    supernet = tiny_model(dropout_rate=0.0)
     for block, logits in zip(supernet.blocks, ([0.0, 0.0, 0.4], [0.0, 2.0, 1.0], [0.3, 0.0, 0.0])):
         block.arch_logits.assign(logits)
     fixed = copy_choices_into_fixed_model(supernet, "IDA")
     segment = random_tokens((2, 5), seed=3)
-    step = tf.function(lambda model: model.token_nll(segment, segment, model.initial_memory(2))[0],
+    step = tf.function(lambda model: model.token_nll(segment, segment, model.initial_memory(2), eval_mode="argmax")[0],
                        jit_compile=jit_compile)
     np.testing.assert_allclose(step(supernet), step(fixed), atol=1e-5)

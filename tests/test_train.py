@@ -21,6 +21,8 @@ from PIL import Image
 
 import data_utils
 import generate
+import runs
+import devices
 import train
 from conftest import REPO_ROOT, write_corpus
 from model import ModelConfig
@@ -98,7 +100,7 @@ def test_bad_flags_fail_before_training_with_one_line(tmp_path):
     cases = [(["--num_heads=3"], "num_heads"), (["--cutoffs=10,25"], "25"),
              ([f"--data_dir={tmp_path / 'missing'}"], "create_tfrecords"), (["--epochs=0"], "--epochs=0"),
              (["--tau_end=0"], "--tau_end=0"), (["--log_every=0"], "--log_every=0"),
-             (["--checkpoint_every=0"], "--checkpoint_every=0")]
+             (["--checkpoint_every=0"], "--checkpoint_every=0"), (["--strategy=tpu"], "--strategy=tpu: no TPU found")]
     for extra, fragment in cases:
         result = subprocess.run([sys.executable, "train.py", f"--data_dir={data_dir}", f"--logdir={tmp_path / 'logs'}",
                                  "--d_model=16", "--cutoffs=", *extra], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -237,7 +239,7 @@ if "mirrored" in sys.argv[2:]:  # Two logical CPUs, one for each replica.
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import data_utils, train
 from model import ModelConfig
-strategies = {"single": tf.distribute.get_strategy, "multi_worker": lambda: train.make_strategy("multi_worker"),
+strategies = {"single": tf.distribute.get_strategy, "multi_worker": lambda: devices.make_strategy("multi_worker"),
               "mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
 model_config = ModelConfig(vocab_size=30, cutoffs=(8, 16), d_model=16, num_heads=2, d_ffn=32, num_layers=3, mem_len=4,
                            dropout_rate=0.0)
@@ -351,11 +353,11 @@ def test_the_chief_is_task_chief_or_else_worker_0_and_only_it_saves_into_the_run
 
     workers = {"worker": ["localhost:1", "localhost:2"]}
     with_chief = {"chief": ["localhost:3"], **workers}
-    assert train.is_chief(tf.distribute.get_strategy())
-    assert train.is_chief(strategy(workers, "worker", 0)) and not train.is_chief(strategy(workers, "worker", 1))
-    assert train.is_chief(strategy(with_chief, "chief", 0)) and not train.is_chief(strategy(with_chief, "worker", 0))
-    assert train.checkpoint_write_dir(tmp_path, strategy(workers, "worker", 0)) == tmp_path / "checkpoints"
-    assert train.checkpoint_write_dir(tmp_path, strategy(workers, "worker", 1)) == tmp_path / "workertemp_1" / "checkpoints"
+    assert devices.is_chief(tf.distribute.get_strategy())
+    assert devices.is_chief(strategy(workers, "worker", 0)) and not devices.is_chief(strategy(workers, "worker", 1))
+    assert devices.is_chief(strategy(with_chief, "chief", 0)) and not devices.is_chief(strategy(with_chief, "worker", 0))
+    assert devices.checkpoint_write_dir(tmp_path, strategy(workers, "worker", 0)) == tmp_path / "checkpoints"
+    assert devices.checkpoint_write_dir(tmp_path, strategy(workers, "worker", 1)) == tmp_path / "workertemp_1" / "checkpoints"
 
 
 def printed_results(output):
@@ -486,7 +488,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_and_keeps_bo
     assert (run_dir / "checkpoints" / "damaged-ckpt-12.index").is_file()
     for data_file in (run_dir / "checkpoints").glob("ckpt-*.data-*"):
         data_file.write_bytes(b"\0" * 64)
-    with pytest.raises(train.CheckpointError, match=r"No checkpoint in \S*checkpoints can be read: .*ckpt-13 .*ckpt-10"):
+    with pytest.raises(runs.CheckpointError, match=r"No checkpoint in \S*checkpoints can be read: .*ckpt-13 .*ckpt-10"):
         train.train_and_evaluate(model_config, config, data_dir, run_dir, train.RunOptions(**options))
 
 
@@ -554,7 +556,28 @@ def test_help_explains_every_flag_in_words():
     result = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=120)
     assert "See TrainConfig" not in result.stdout
-    for settings in (train.TrainConfig(), train.RunOptions()):
-        for field in dataclasses.fields(settings):
+    for settings_class in (ModelConfig, train.TrainConfig, train.RunOptions):
+        for field in dataclasses.fields(settings_class):
+            if field.name == "vocab_size":  # The dataset's, not a flag.
+                continue
             help_line = re.search(rf"--(\[no\])?{field.name}: (.+)", result.stdout)
             assert help_line and len(help_line.group(2).split()) >= 3, field.name
+
+
+def test_flags_are_generated_from_the_dataclasses_with_their_defaults():
+    from absl import flags
+
+    flag_values = train.define_flags(flags.FlagValues())
+    flag_values(["train.py"])
+    model, config, options = train.configs_from_flags(flag_values, vocab_size=12000)
+    assert (model, config, options) == (ModelConfig(vocab_size=12000), train.TrainConfig(), train.RunOptions())
+    assert model.cutoffs == (250, 2500) and model.architecture is None and model.d_head is None
+    flag_values(["train.py", "--cutoffs=20,100", "--proj_dims=8,4", "--architecture=ADI", "--d_head=8", "--pre_norm",
+                 "--max_lr=0.0003", "--log_every=7"])
+    model, config, options = train.configs_from_flags(flag_values, vocab_size=300)
+    assert (model.cutoffs, model.proj_dims, model.architecture, model.d_head, model.pre_norm) == ((20, 100), (8, 4),
+                                                                                                   "ADI", 8, True)
+    assert (config.max_lr, options.log_every) == (0.0003, 7)
+    flag_values(["train.py", "--cutoffs=", "--proj_dims=", "--architecture="])  # Empty: full softmax, the SuperNet.
+    model, _, _ = train.configs_from_flags(flag_values, vocab_size=300)
+    assert (model.cutoffs, model.proj_dims, model.architecture) == ((), None, None)

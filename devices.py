@@ -1,0 +1,122 @@
+"""What runs where: CPU threads, XLA, the compute precision and the tf.distribute strategy.
+
+Every choice that depends on the hardware is made here, so that the trainer, evaluate.py and
+bench.py make it alike, and the training step itself reads as single-device code.
+"""
+import functools
+import pathlib
+
+import tensorflow as tf
+
+
+def set_intra_op_threads(threads):
+    """Threads each TensorFlow op may use; must run before TensorFlow's first op.
+
+    The SuperNet step is thousands of small ops: on 2 CPU cores, one thread per op with the
+    executor running independent ops side by side beats splitting each op across cores
+    (bench.py, bfloat16 SuperNet: 109 ms a step against 133 ms).
+    """
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+
+
+def accelerated():
+    """Whether a GPU or TPU is attached."""
+    return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
+
+
+def use_xla(jit_compile):
+    """Whether the training and evaluation steps compile with XLA.
+
+    auto: only on a GPU or TPU. On a CPU the uncompiled steps are faster: TensorFlow's executor
+    runs a SuperNet block's independent candidates on separate cores where XLA:CPU runs them one
+    after the other, XLA:CPU's bfloat16 matmuls do not use the AMX units oneDNN uses, and without
+    XLA the adaptive softmax tails can score only their own tokens.
+    """
+    if jit_compile not in ("on", "off", "auto"):
+        raise ValueError(f"--jit_compile {jit_compile!r}: expected on, off or auto.")
+    if jit_compile != "auto":
+        return jit_compile == "on"
+    return accelerated()
+
+
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def dtype_policy(precision):
+    if precision not in POLICIES:
+        raise ValueError(f"--precision {precision!r}: expected one of {', '.join(POLICIES)}.")
+    return POLICIES[precision]
+
+
+def native_bfloat16():
+    """Why this machine computes in bfloat16 natively (a TPU, a GPU of compute capability 8.0 or
+    more, a CPU with AVX512_BF16 or AMX), or None where it would only emulate it."""
+    if tf.config.list_physical_devices("TPU"):
+        return "TPU"
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        major, minor = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+        return f"GPU of compute capability {major}.{minor}" if major >= 8 else None
+    try:
+        flags = next(line for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    found = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags.split()]
+    return f"CPU with {' and '.join(found)}" if found else None
+
+
+def resolve_precision(precision):
+    """--precision=auto: (bfloat16 where the hardware runs it natively, else float32, and why); others as given."""
+    if precision != "auto":
+        return precision, "as given"
+    native = native_bfloat16()
+    return ("bfloat16", f"auto: {native}") if native else ("float32", "auto: no native bfloat16 here")
+
+
+@functools.lru_cache(maxsize=None)
+def make_strategy(name):
+    """The tf.distribute strategy named by --strategy (multi_worker reads TF_CONFIG; tpu finds the Colab/Cloud TPU).
+
+    One per name and process: MultiWorkerMirroredStrategy must be made before any other TensorFlow work
+    (main makes it first) and train_and_evaluate then gets that same one.
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="")
+        except ValueError as error:  # Raised where no TPU is attached: "Please provide a TPU Name to connect to."
+            raise ValueError(f"--strategy=tpu: no TPU found here ({error}).") from None
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"--strategy {name!r}: expected default, mirrored, multi_worker or tpu.")
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's files: every process but a multi-worker strategy's non-chief workers.
+
+    As in TensorFlow's multi-worker tutorials, the chief is the task of type "chief", or worker 0 when the
+    cluster has none. Strategies without a cluster (default, mirrored) have one process, the chief.
+    """
+    resolver = strategy.cluster_resolver
+    if resolver is None or resolver.task_type is None:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief)
+
+
+def checkpoint_write_dir(run_dir, strategy):
+    """Where this process saves checkpoints: run_dir/checkpoints on the chief.
+
+    Under MultiWorkerMirroredStrategy every worker must save (saving reads the distributed variables
+    collectively), so each other worker saves into a temporary directory of its own,
+    run_dir/workertemp_<task id>/checkpoints, and deletes run_dir/workertemp_<task id> after each save.
+    """
+    if is_chief(strategy):
+        return run_dir / "checkpoints"
+    return run_dir / f"workertemp_{strategy.cluster_resolver.task_id}" / "checkpoints"
