@@ -20,14 +20,17 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from PIL import Image  # noqa: E402
 
-CANDIDATES = ("attention", "dense", "identity")
-LETTERS = "ADI"  # The architecture string's letter for each candidate, in the same order.
+import model  # noqa: E402
+
+# pi's columns by name, in the order of model.CANDIDATES (the architecture string's letters): the
+# figure's labels and train.py's TensorBoard tags.
+CANDIDATE_NAMES = tuple({"A": "attention", "D": "dense", "I": "identity"}[letter] for letter in model.CANDIDATES)
 PI_HISTORY_FILE = "pi_history.jsonl"
 
 
 def derived_architecture(pi):
-    """The string of each block's most likely candidate, e.g. 'AADDDI'."""
-    return "".join(LETTERS[i] for i in np.argmax(pi, axis=1))
+    """pi [num_blocks, len(model.CANDIDATES)] -> each block's most likely candidate's letter, e.g. 'AADDDI'."""
+    return "".join(model.CANDIDATES[i] for i in np.argmax(pi, axis=1))
 
 
 def render_pi(pi, title):
@@ -38,7 +41,7 @@ def render_pi(pi, title):
     for block, row in enumerate(pi):
         choice = int(np.argmax(row))
         axes.text(choice, block, f"{row[choice]:.2f}", ha="center", va="center", color="black" if row[choice] > 0.5 else "white")
-    axes.set_xticks(range(len(CANDIDATES)), CANDIDATES)
+    axes.set_xticks(range(len(CANDIDATE_NAMES)), CANDIDATE_NAMES)
     axes.set_yticks(range(len(pi)), [f"block {i}" for i in range(len(pi))])
     axes.set_title(title, fontsize=9)
     figure.tight_layout()

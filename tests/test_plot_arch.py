@@ -1,9 +1,10 @@
-"""plot_arch.py: one GIF frame per logged step, and the derived architecture string."""
+"""plot_arch.py: one GIF frame per logged step, the derived architecture string, the candidates' names."""
 import json
 
 import numpy as np
 from PIL import Image
 
+import model
 import plot_arch
 
 
@@ -23,3 +24,8 @@ def test_gif_has_one_frame_per_record_and_derives_the_architecture(tmp_path):
 def test_derived_architecture_reads_the_argmax_of_each_block():
     pi = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]
     assert plot_arch.derived_architecture(pi) == "ADI"
+
+
+def test_candidate_names_are_the_architecture_letters_spelt_out():
+    assert plot_arch.CANDIDATE_NAMES == ("attention", "dense", "identity")  # TensorBoard's pi/block_i/<name> tags.
+    assert "".join(name[0].upper() for name in plot_arch.CANDIDATE_NAMES) == model.CANDIDATES
