@@ -15,8 +15,10 @@ import data_utils
 from devices import dtype_policy, resolve_precision
 from model import ModelConfig, TransformerXL
 
-# ModelConfig fields that runs made before their removal recorded, with the one value they may hold.
-RETIRED_MODEL_FIELDS = {"pad_id": data_utils.PAD_ID, "eval_mode": None}  # None: any value (it is now a call argument).
+# Fields that config.json files of runs made before their removal record, with the one value they may hold
+# (None: any value; eval_mode is now a call argument).
+RETIRED_FIELDS = {"model": {"pad_id": data_utils.PAD_ID, "eval_mode": None},
+                  "train": {"opt_name": "adam", "weight_decay": 0.0}}
 
 
 class CheckpointError(RuntimeError):
@@ -26,11 +28,12 @@ class CheckpointError(RuntimeError):
 def read_record(path):
     """A config.json, its retired model fields dropped; one whose retired field held another value is refused."""
     record = json.loads(pathlib.Path(path).read_text())
-    for name, only_value in RETIRED_MODEL_FIELDS.items():
-        value = record.get("model", {}).pop(name, only_value)
-        if only_value is not None and value != only_value:
-            raise ValueError(f"{path}: model.{name}={value!r}, which this version no longer supports "
-                             f"(only {only_value!r}).")
+    for part, fields in RETIRED_FIELDS.items():
+        for name, only_value in fields.items():
+            value = record.get(part, {}).pop(name, only_value)
+            if only_value is not None and value != only_value:
+                raise ValueError(f"{path}: {part}.{name}={value!r}, which this version no longer supports "
+                                 f"(only {only_value!r}).")
     return record
 
 

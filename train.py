@@ -43,8 +43,6 @@ class TrainConfig:
     epochs: int = 20  # Passes over the training split.
     max_lr: float = 1e-4  # Peak learning rate of the weights, reached after warmup.
     warmup_steps: int = 4000  # Linear warmup from 0, then cosine decay to 0 at the last step.
-    opt_name: str = "adam"  # adam | adamw | sgd, for the weights.
-    weight_decay: float = 0.0  # adamw only; never applied to the architecture logits.
     clip_norm: float = 0.25  # Global-norm gradient clipping of the weights (Transformer-XL's value); 0 disables.
     arch_lr: float = 1e-3  # Constant Adam learning rate of the architecture logits.
     tau_start: float = 1.0  # Gumbel-softmax temperature of the first step.
@@ -55,10 +53,9 @@ class TrainConfig:
 
     def __post_init__(self):
         """Refuses a bad setting before anything is written; the message names the flag."""
-        check_choice("opt_name", self.opt_name, ("adam", "adamw", "sgd"))
         check_choice("jit_compile", self.jit_compile, ("on", "off", "auto"))
         check_choice("precision", self.precision, ("auto", "float32", "bfloat16", "float16"))
-        check_at_least(self, epochs=1, warmup_steps=0, weight_decay=0.0, clip_norm=0.0, arch_lr=0.0)
+        check_at_least(self, epochs=1, warmup_steps=0, clip_norm=0.0, arch_lr=0.0)
         check_positive(self, "max_lr", "tau_start", "tau_end")
 
 
@@ -134,14 +131,8 @@ def learning_rate_schedule(config, total_steps):
 
 
 def make_weight_optimizer(config, schedule):
-    """The weights' optimizer, following the learning rate `schedule`."""
-    clip = {"global_clipnorm": config.clip_norm} if config.clip_norm > 0 else {}
-    optimizers = {"adam": lambda: FusedAdam(schedule, **clip),
-                  "adamw": lambda: keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay, **clip),
-                  "sgd": lambda: keras.optimizers.SGD(schedule, **clip)}
-    if config.opt_name not in optimizers:
-        raise ValueError(f"--opt_name {config.opt_name!r}: expected adam, adamw or sgd.")
-    optimizer = optimizers[config.opt_name]()
+    """The weights' Adam, following the learning rate `schedule`, with global-norm clipping."""
+    optimizer = FusedAdam(schedule, **({"global_clipnorm": config.clip_norm} if config.clip_norm > 0 else {}))
     # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
     return keras.optimizers.LossScaleOptimizer(optimizer) if config.precision == "float16" else optimizer
 

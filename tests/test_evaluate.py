@@ -106,10 +106,11 @@ def test_a_config_written_before_fields_retired_still_loads_and_resumes(run_dir,
     shutil.copytree(run_dir, old_run)
     record = json.loads((old_run / "config.json").read_text())
     current = json.loads(json.dumps(record))
-    record["model"].update(eval_mode="argmax", pad_id=0)  # As runs recorded them until eval_mode became an argument.
+    record["model"].update(eval_mode="argmax", pad_id=0)  # As runs recorded them until these fields were retired.
+    record["train"].update(opt_name="adam", weight_decay=0.0)
     (old_run / "config.json").write_text(json.dumps(record))
     model, loaded = runs.load_model(old_run / "checkpoints" / "ckpt-1")
-    assert "eval_mode" not in loaded["model"] and model.config.mem_len == 4
+    assert "eval_mode" not in loaded["model"] and "opt_name" not in loaded["train"] and model.config.mem_len == 4
     runs.check_or_save_config(old_run, current)  # Resuming with today's record is not refused.
     record["model"]["pad_id"] = 3
     (old_run / "config.json").write_text(json.dumps(record))

@@ -114,7 +114,7 @@ def test_bad_flags_fail_before_training_with_one_line(tmp_path):
 
 @pytest.mark.parametrize("settings, fragment", [
     (dict(epochs=0), "--epochs=0"), (dict(tau_start=0.0), "--tau_start=0.0"), (dict(max_lr=-1.0), "--max_lr"),
-    (dict(opt_name="lamb"), "--opt_name='lamb'"), (dict(precision="int8"), "--precision='int8'"),
+    (dict(jit_compile="yes"), "--jit_compile='yes'"), (dict(precision="int8"), "--precision='int8'"),
     (dict(warmup_steps=-1), "--warmup_steps=-1")])
 def test_train_config_refuses_bad_settings_naming_the_flag(settings, fragment):
     with pytest.raises(ValueError, match=fragment.replace("[", r"\[")):
