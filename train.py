@@ -236,21 +236,36 @@ class Trainer:
         return loss
 
     def _replica_step(self, inputs, targets):
-        """One replica's rows: forward, backward, update. Returns (NLL sum, scored tokens) of its rows."""
+        """The distribution glue around `_update`: this replica's rows and memory in, the global memory out.
+
+        Replica r always takes rows r*B/R .. (r+1)*B/R - 1 of the global batch; on one device, all of
+        them. Returns (NLL sum, scored tokens) of its rows.
+        """
         context = tf.distribute.get_replica_context()
         rows = self.batch_size // context.num_replicas_in_sync
         first = context.replica_id_in_sync_group * rows
         inputs, targets = inputs[first : first + rows], targets[first : first + rows]
         memory = Memory(self.memory_states[:, first : first + rows], self.memory_valid)
         scored = tf.reduce_sum(tf.cast(tf.not_equal(targets, data_utils.PAD_ID), tf.float32))
-        global_scored = context.all_reduce(tf.distribute.ReduceOp.SUM, scored)
+        # Normalised by the global count, the replicas' gradients add up to the global batch's.
+        nll_sum, new_memory = self._update(inputs, targets, memory, context.all_reduce(tf.distribute.ReduceOp.SUM, scored))
+        # Rows back in replica order; in float32, as CPU collectives take no bfloat16.
+        gathered = context.all_gather(tf.cast(new_memory.states, tf.float32), axis=1)
+        self.memory_states.assign(tf.cast(gathered, self.memory_states.dtype))
+        self.memory_valid.assign(new_memory.valid_length)
+        return nll_sum, scored
+
+    def _update(self, inputs, targets, memory, scored):
+        """Forward, backward and both optimizers' updates, the loss being the rows' NLL per `scored` token.
+
+        Returns (the rows' NLL sum, new Memory).
+        """
         weights, arch = self.model.weight_variables, self.model.arch_variables
         loss_scaled = isinstance(self.weight_optimizer, keras.optimizers.LossScaleOptimizer)
         with tf.GradientTape() as tape:
             nll, new_memory = self.model.token_nll(inputs, targets, memory, tau=self.tau_of_step(self.global_step + 1),
                                                    training=True, gather_rows=not self.jit_compile)
-            # Normalised by the global count, the replicas' gradients add up to the global batch's.
-            loss = tf.reduce_sum(nll) / tf.maximum(global_scored, 1.0)
+            loss = tf.reduce_sum(nll) / tf.maximum(scored, 1.0)
             scaled_loss = self.weight_optimizer.scale_loss(loss) if loss_scaled else loss
         gradients = tape.gradient(scaled_loss, weights + arch)
         arch_gradients = gradients[len(weights):]
@@ -261,11 +276,7 @@ class Trainer:
         self.weight_optimizer.apply(gradients[: len(weights)], weights)
         if arch:
             self.arch_optimizer.apply(arch_gradients, arch)
-        # Rows back in replica order; in float32, as CPU collectives take no bfloat16.
-        gathered = context.all_gather(tf.cast(new_memory.states, tf.float32), axis=1)
-        self.memory_states.assign(tf.cast(gathered, self.memory_states.dtype))
-        self.memory_valid.assign(new_memory.valid_length)
-        return tf.reduce_sum(nll), scored
+        return tf.reduce_sum(nll), new_memory
 
     def check_finite(self):
         """Raises NonFiniteLossError if any step since the start had a NaN, inf or diverged loss."""
