@@ -383,6 +383,11 @@ class StochasticBlock(keras.layers.Layer):
 # The model.
 
 
+def derived_architecture(pi):
+    """pi [num_blocks, len(CANDIDATES)] -> each block's most probable candidate's letter, e.g. "AADDDI"."""
+    return "".join(CANDIDATES[i] for i in np.argmax(pi, axis=1))
+
+
 class Memory(NamedTuple):
     """Each attention-bearing block's last mem_len inputs, and how many of them are real.
 
@@ -523,7 +528,7 @@ class TransformerXL(keras.Model):
 
     def derived_architecture(self):
         """Each block's most probable candidate, e.g. "AADDDI"."""
-        return "".join(CANDIDATES[i] for i in self.arch_probabilities().argmax(axis=-1))
+        return derived_architecture(self.arch_probabilities())
 
     def get_config(self):
         return {**super().get_config(), "config": dataclasses.asdict(self.config)}

@@ -28,11 +28,6 @@ CANDIDATE_NAMES = tuple({"A": "attention", "D": "dense", "I": "identity"}[letter
 PI_HISTORY_FILE = "pi_history.jsonl"
 
 
-def derived_architecture(pi):
-    """pi [num_blocks, len(model.CANDIDATES)] -> each block's most likely candidate's letter, e.g. 'AADDDI'."""
-    return "".join(model.CANDIDATES[i] for i in np.argmax(pi, axis=1))
-
-
 def render_pi(pi, title):
     """PNG bytes of the blocks x candidates heatmap, the most likely choice's probability written in it."""
     pi = np.asarray(pi)
@@ -65,7 +60,7 @@ def plot_history(run_dir):
               for r in history]
     frames[0].save(pathlib.Path(run_dir) / "pi.gif", save_all=True, append_images=frames[1:], duration=200, loop=0)
     frames[-1].save(pathlib.Path(run_dir) / "pi.png")
-    return derived_architecture(history[-1]["pi"])
+    return model.derived_architecture(history[-1]["pi"])
 
 
 def main(argv):

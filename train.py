@@ -326,7 +326,7 @@ def write_pi(trainer, run_dir, writer, step):
         f.write(json.dumps(dict(step=step, tau=tau, pi=np.round(pi, 6).tolist())) + "\n")
     with writer.as_default(step=step):
         for block, row in enumerate(pi):
-            for name, value in zip(plot_arch.CANDIDATES, row):
+            for name, value in zip(plot_arch.CANDIDATE_NAMES, row):
                 tf.summary.scalar(f"pi/block_{block}/{name}", value)
     return pi
 

@@ -23,7 +23,7 @@ def test_gif_has_one_frame_per_record_and_derives_the_architecture(tmp_path):
 
 def test_derived_architecture_reads_the_argmax_of_each_block():
     pi = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]
-    assert plot_arch.derived_architecture(pi) == "ADI"
+    assert model.derived_architecture(pi) == "ADI"
 
 
 def test_candidate_names_are_the_architecture_letters_spelt_out():

@@ -39,6 +39,8 @@ def test_loss_falls_near_zero_on_a_repeating_pattern(tmp_path):
     results = train.train_and_evaluate(model_config, config, data_dir, tmp_path / "run",
                                        train.RunOptions(log_every=20, checkpoint_every=1000))
     assert results["valid_loss"] < 0.05, results
+    pi = [read_scalars(tmp_path / "run" / "train", f"pi/block_0/{name}") for name in ("attention", "dense", "identity")]
+    assert pi[0] and all(abs(sum(p[step] for p in pi) - 1) < 1e-5 for step in pi[0])  # Logged per candidate, by name.
 
 
 def read_scalars(event_dir, tag):
