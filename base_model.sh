@@ -14,7 +14,12 @@ if [ -z "$data_dir" ]; then  # train.py's default, data_utils.DEFAULT_DATA_DIR (
   data_dir=$(python3 -c 'import data_utils; print(data_utils.DEFAULT_DATA_DIR)' 2>/dev/null) \
     || { echo "base_model.sh: error: python3 cannot import data_utils; pip install -r requirements.txt" >&2; exit 1; }
 fi
+# TensorFlow prints its start-up lines (oneDNN, CUDA probing, CPU features) before any log level
+# applies (tensorflow/tensorflow#100442), so they are filtered here; --verbose keeps them.
+startup_lines='^(WARNING: All log messages before absl::InitializeLog|[IE]0000 [^]]*(port|cudart_stub|cpu_feature_guard|cuda_platform)\.cc:[0-9]+\]|To enable the following instructions)'
+case " $* " in *" --verbose "*) startup_lines='^$.' ;; esac
+quiet() { "$@" 2> >(grep --line-buffered -v -E "$startup_lines" >&2); }
 if [ ! -f "$data_dir/metadata.json" ]; then
-  ./create_tfrecords.sh --output_dir="$data_dir"
+  quiet ./create_tfrecords.sh --output_dir="$data_dir"
 fi
-exec python3 train.py "$@"
+quiet python3 train.py "$@"

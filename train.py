@@ -358,7 +358,8 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     record = runs.config_record(model_config, config, data_dir, metadata)
     runs.check_or_save_config(run_dir, record, save=False)
     log = make_logger(run_dir, to_file=chief)
-    log.info("Precision %s (%s).", precision, precision_reason)
+    log.info("Precision %s (%s), on %s.", precision, precision_reason,
+             ", ".join(device.name for device in tf.config.list_logical_devices()))
     batch_size, seq_len = metadata["batch_size"], metadata["seq_len"]
     steps_per_epoch = metadata["splits"]["train"]["batches"]
     unigram_path = pathlib.Path(data_dir) / data_utils.UNIGRAM_FILE  # Synthetic datasets have none.
