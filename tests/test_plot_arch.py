@@ -19,6 +19,15 @@ def test_gif_has_one_frame_per_record_and_derives_the_architecture(tmp_path):
     with Image.open(tmp_path / "pi.gif") as gif:
         assert gif.n_frames == len(records)
     assert Image.open(tmp_path / "pi.png").size[0] > 0
+    plot_arch.plot_history(tmp_path, max_frames=3)
+    with Image.open(tmp_path / "pi.gif") as gif:
+        assert gif.n_frames == 3
+
+
+def test_long_histories_keep_evenly_spaced_frames_with_the_first_and_last():
+    assert plot_arch.frame_indices(7, 3) == [0, 3, 6]
+    assert plot_arch.frame_indices(540, 100)[:3] == [0, 5, 11] and plot_arch.frame_indices(540, 100)[-1] == 539
+    assert len(plot_arch.frame_indices(540, 100)) == 100 and plot_arch.frame_indices(4, 100) == [0, 1, 2, 3]
 
 
 def test_derived_architecture_reads_the_argmax_of_each_block():
