@@ -19,6 +19,8 @@ from model import ModelConfig, TransformerXL
 # (None: any value; eval_mode is now a call argument).
 RETIRED_FIELDS = {"model": {"pad_id": data_utils.PAD_ID, "eval_mode": None},
                   "train": {"opt_name": "adam", "weight_decay": 0.0}}
+# Fields added since, with the value that runs made before them had in effect.
+ADDED_FIELDS = {"train": {"arch_schedule": "constant"}}
 
 
 class CheckpointError(RuntimeError):
@@ -26,7 +28,8 @@ class CheckpointError(RuntimeError):
 
 
 def read_record(path):
-    """A config.json, its retired model fields dropped; one whose retired field held another value is refused."""
+    """A config.json in today's fields: retired ones dropped (refused if they held another value than
+    the one still supported), added ones filled with the value older runs had in effect."""
     record = json.loads(pathlib.Path(path).read_text())
     for part, fields in RETIRED_FIELDS.items():
         for name, only_value in fields.items():
@@ -34,6 +37,9 @@ def read_record(path):
             if only_value is not None and value != only_value:
                 raise ValueError(f"{path}: {part}.{name}={value!r}, which this version no longer supports "
                                  f"(only {only_value!r}).")
+    for part, fields in ADDED_FIELDS.items():
+        for name, value in fields.items():
+            record.setdefault(part, {}).setdefault(name, value)
     return record
 
 

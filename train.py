@@ -44,7 +44,8 @@ class TrainConfig:
     max_lr: float = 1e-4  # Peak learning rate of the weights, reached after warmup.
     warmup_steps: int = 4000  # Linear warmup from 0, then cosine decay to 0 at the last step.
     clip_norm: float = 0.25  # Global-norm gradient clipping of the weights (Transformer-XL's value); 0 disables.
-    arch_lr: float = 1e-3  # Constant Adam learning rate of the architecture logits.
+    arch_lr: float = 1e-3  # Adam learning rate of the architecture logits (their peak under arch_schedule=weights).
+    arch_schedule: str = "constant"  # The logits' learning rate by step: constant (arch_lr from step 0, as the original) | after_warmup (0 until the weights' warmup ends, then arch_lr) | weights (the weights' schedule scaled to peak at arch_lr).
     tau_start: float = 1.0  # Gumbel-softmax temperature of the first step.
     tau_end: float = 0.1  # Gumbel-softmax temperature of the last step, annealed exponentially from tau_start.
     seed: int = 0  # Seeds weights, dropout and Gumbel noise.
@@ -54,6 +55,7 @@ class TrainConfig:
     def __post_init__(self):
         """Refuses a bad setting before anything is written; the message names the flag."""
         check_choice("jit_compile", self.jit_compile, ("on", "off", "auto"))
+        check_choice("arch_schedule", self.arch_schedule, ("constant", "after_warmup", "weights"))
         check_choice("precision", self.precision, ("auto", "float32", "bfloat16", "float16"))
         check_at_least(self, epochs=1, warmup_steps=0, clip_norm=0.0, arch_lr=0.0)
         check_positive(self, "max_lr", "tau_start", "tau_end")
@@ -130,6 +132,15 @@ def learning_rate_schedule(config, total_steps):
     )
 
 
+def arch_learning_rate_schedule(config, total_steps):
+    """The architecture logits' learning rate: a float (constant) or a schedule by steps taken."""
+    if config.arch_schedule == "after_warmup":  # Steps 0 .. warmup_steps - 1 take 0.
+        return keras.optimizers.schedules.PiecewiseConstantDecay([config.warmup_steps - 1], [0.0, config.arch_lr])
+    if config.arch_schedule == "weights":
+        return learning_rate_schedule(dataclasses.replace(config, max_lr=config.arch_lr), total_steps)
+    return config.arch_lr
+
+
 def make_weight_optimizer(config, schedule):
     """The weights' Adam, following the learning rate `schedule`, with global-norm clipping."""
     optimizer = FusedAdam(schedule, **({"global_clipnorm": config.clip_norm} if config.clip_norm > 0 else {}))
@@ -164,7 +175,7 @@ class Trainer:
             self.model = TransformerXL(model_config, dtype=devices.dtype_policy(devices.resolve_precision(config.precision)[0]))
             self.learning_rate_schedule = learning_rate_schedule(config, self.total_steps)
             self.weight_optimizer = make_weight_optimizer(config, self.learning_rate_schedule)
-            self.arch_optimizer = FusedAdam(config.arch_lr)
+            self.arch_optimizer = FusedAdam(arch_learning_rate_schedule(config, self.total_steps))
             memory = self.model.initial_memory(batch_size)
             self.model(tf.zeros([batch_size, 1], tf.int32), memory)  # Builds every weight before optimizers see them.
             self.weight_optimizer.build(self.model.weight_variables)

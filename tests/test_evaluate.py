@@ -101,13 +101,14 @@ def test_top_p_zero_is_refused_naming_the_flag():
     assert "--top_p=0.0: must be in (0, 1]" in result.stderr
 
 
-def test_a_config_written_before_fields_retired_still_loads_and_resumes(run_dir, tmp_path):
+def test_a_config_written_before_fields_were_retired_or_added_still_loads_and_resumes(run_dir, tmp_path):
     old_run = tmp_path / "old_run"
     shutil.copytree(run_dir, old_run)
     record = json.loads((old_run / "config.json").read_text())
     current = json.loads(json.dumps(record))
     record["model"].update(eval_mode="argmax", pad_id=0)  # As runs recorded them until these fields were retired.
     record["train"].update(opt_name="adam", weight_decay=0.0)
+    del record["train"]["arch_schedule"]  # Added since: older runs had the constant schedule in effect.
     (old_run / "config.json").write_text(json.dumps(record))
     model, loaded = runs.load_model(old_run / "checkpoints" / "ckpt-1")
     assert "eval_mode" not in loaded["model"] and "opt_name" not in loaded["train"] and model.config.mem_len == 4

@@ -450,6 +450,33 @@ def test_the_first_step_uses_tau_start_and_the_last_tau_end(tmp_path):
     assert [float(trainer.tau_of_step(k + 1)) for k in range(steps)] == used  # As logged.
 
 
+@pytest.mark.parametrize("arch_schedule, expected", [
+    ("constant", [1e-3, 1e-3, 1e-3, 1e-3, 1e-3]),
+    ("after_warmup", [0.0, 0.0, 0.0, 1e-3, 1e-3]),
+    ("weights", [0.0, 5e-4, 9e-4, 1e-3, 1e-3 * 0.5 * (1 + math.cos(math.pi * 40 / 90))]),  # Cosine over steps 10..100.
+])
+def test_arch_schedules_set_the_logits_learning_rate_at_steps_0_5_9_10_50(arch_schedule, expected):
+    config = train.TrainConfig(arch_lr=1e-3, warmup_steps=10, arch_schedule=arch_schedule)
+    schedule = train.arch_learning_rate_schedule(config, total_steps=100)
+    rates = [float(schedule(step)) if callable(schedule) else schedule for step in (0, 5, 9, 10, 50)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-6, atol=1e-12)
+
+
+def test_after_warmup_the_logits_stay_put_during_warmup_while_the_weights_learn(tmp_path):
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(1, 30).repeat(4), vocab_size=30,
+                                               batch_size=2, seq_len=8)
+    config = train.TrainConfig(warmup_steps=5, arch_schedule="after_warmup")
+    trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(), **TINY_MODEL), config, 10, batch_size=2)
+    logits, embedding = [v.numpy() for v in trainer.model.arch_variables], trainer.model.embedding.embeddings.numpy()
+    batches = list(data_utils.make_dataset(data_dir, "train").take(6))
+    for inputs, targets in batches[:5]:
+        trainer.train_step(inputs, targets)
+    assert all(np.array_equal(before, v.numpy()) for before, v in zip(logits, trainer.model.arch_variables))
+    assert not np.array_equal(embedding, trainer.model.embedding.embeddings.numpy())
+    trainer.train_step(*batches[5])  # Step 6, the first after the warmup.
+    assert not any(np.array_equal(before, v.numpy()) for before, v in zip(logits, trainer.model.arch_variables))
+
+
 def test_auto_precision_is_resolved_logged_and_written_into_the_config(tmp_path):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(1, 30).repeat(4), vocab_size=30,
                                                batch_size=2, seq_len=8)
