@@ -417,7 +417,7 @@ TOKENIZER_SETTINGS = ("source_sha256", "vocab_size", "lowercase", "model_type")
 def check_data_matches_model(data_dir, record):
     """Raises DataError unless `data_dir` was tokenized like the data the model was trained on.
 
-    `record` is the run's config.json (train.config_record), which an export copies. Ids of another
+    `record` is the run's config.json (runs.config_record), which an export copies. Ids of another
     vocabulary index past the model's embeddings; another tokenizer of the same size scores a
     plausible but meaningless perplexity.
     """

@@ -1,7 +1,7 @@
 """Adaptive softmax cutoffs chosen by dynamic programming from unigram probabilities.
 
     python optimal_cuts.py --unigram_file=data/tfrecords/unigram.txt --num_clusters=3
-    250,2500            <- stdout, exactly as train.py --cutoffs takes it
+    35,813              <- stdout, exactly as train.py --cutoffs takes it
 
 Ids are ranked by frequency, so each cluster is a contiguous id range: the head [0, b_1) and tail
 i = [b_i, b_{i+1}) with b_K = V. Following Grave et al. (2017), a token always pays for the head

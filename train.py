@@ -3,12 +3,15 @@
     python train.py --data_dir=data/tfrecords --model_name=base     # or ./base_model.sh
 
 Everything a run writes lives in logs/<model_name>/: TensorBoard events (train/, valid/),
-training_log.log, config.json, checkpoints/ (latest and best/), pi_history.jsonl, pi.gif/pi.png
-and export/ (config and weights for evaluate.py and generate.py). Rerunning the same command
-resumes from the latest checkpoint exactly: same step, lr, tau, memory, RNG and next batch.
+training_log.log, config.json, checkpoints/ (latest and best/), pi_history.jsonl, pi.gif/pi.png,
+results.json and export/ (config, weights and tokenizer for evaluate.py and generate.py). Rerunning
+the same command resumes from the latest checkpoint exactly: same step, lr, tau, memory, RNG and
+next batch.
 
-Perplexity is exp(total NLL / total scored tokens) over a whole split, never a mean of per-batch
-perplexities; word-level perplexity divides the same total NLL by the split's word count.
+Validation and test scores (perplexity per token and per word) come from evaluate.py; the config
+record, checkpoint reading and export live in runs.py; threads, XLA, precision and the tf.distribute
+strategy in devices.py. Every ModelConfig, TrainConfig and RunOptions field is a flag, with its
+comment as help.
 """
 import dataclasses
 import inspect
@@ -49,7 +52,7 @@ class TrainConfig:
     tau_start: float = 1.0  # Gumbel-softmax temperature of the first step.
     tau_end: float = 0.1  # Gumbel-softmax temperature of the last step, annealed exponentially from tau_start.
     seed: int = 0  # Seeds weights, dropout and Gumbel noise.
-    jit_compile: str = "auto"  # XLA for the train and eval steps: on | off | auto (on where faster, see use_xla).
+    jit_compile: str = "auto"  # XLA for the train and eval steps: on | off | auto (on where faster, see devices.use_xla).
     precision: str = "auto"  # auto (bfloat16 where native, else float32) | float32 | bfloat16 | float16 (loss-scaled): the compute dtype; weights stay float32.
 
     def __post_init__(self):
@@ -353,8 +356,9 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     """Trains, validating every epoch, then tests and exports. Resumes from run_dir if it holds a checkpoint.
 
     Returns a dict of the final validation and test results (or {} when stopped early on purpose).
-    Under --strategy=multi_worker every worker runs all of this alike, but only the chief (is_chief)
-    writes into run_dir; the others save their checkpoints into a temporary directory (checkpoint_write_dir).
+    Under --strategy=multi_worker every worker runs all of this alike, but only the chief
+    (devices.is_chief) writes into run_dir; the others save their checkpoints into a temporary
+    directory (devices.checkpoint_write_dir).
     """
     metadata = data_utils.load_metadata(data_dir)
     precision, precision_reason = devices.resolve_precision(config.precision)

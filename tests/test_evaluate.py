@@ -1,4 +1,5 @@
-"""evaluate.py and generate.py: data tokenized unlike the model's, a damaged export and bad flags each fail with one line."""
+"""evaluate.py and generate.py: data tokenized unlike the model's, a damaged export and bad flags each fail with one line;
+runs.py still loads the config.json of runs made before fields were retired or added."""
 import json
 import shutil
 import subprocess

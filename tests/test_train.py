@@ -1,4 +1,5 @@
-"""train.py, evaluate.py and generate.py: learning, exact resume, the NaN guard and the whole loop."""
+"""train.py, evaluate.py and generate.py: learning, exact resume, the NaN guard and the whole loop;
+devices.py: the chief, and where each worker saves."""
 import contextlib
 import dataclasses
 import json
