@@ -49,7 +49,6 @@ def synthetic_dataset(directory, vocab_size, batch_size, seq_len, num_batches):
     return stream
 
 
-
 def interleaved_median_seconds(runs, steps, warmup, rounds=5):
     """{name: median wall seconds of runs[name]()} over `steps` timed calls each, after `warmup` calls.
 

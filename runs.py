@@ -151,8 +151,10 @@ def load_model(path, **overrides):
     Returns (model, the run's config record, whose "data_dir" is the dataset it was trained on).
     """
     path = pathlib.Path(path)
-    run_dir = path if (path / "config.json").is_file() else path.parent.parent
-    if not (run_dir / "config.json").is_file():
+    # The folder itself (a run or an export), or the run above checkpoints/ckpt-N or checkpoints/best/ckpt-N.
+    run_dir = next((folder for folder in (path, path.parent.parent, path.parent.parent.parent)
+                    if (folder / "config.json").is_file()), None)
+    if run_dir is None:
         raise ValueError(f"{path}: neither an export directory, a run directory nor a checkpoint in one.")
     record = read_record(run_dir / "config.json")
     model = build_model(ModelConfig(**{**record["model"], **overrides}), record["train"]["precision"])

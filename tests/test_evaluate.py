@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -112,6 +113,11 @@ def test_a_config_written_before_fields_were_retired_or_added_still_loads_and_re
     del record["train"]["arch_schedule"]  # Added since: older runs had the constant schedule in effect.
     (old_run / "config.json").write_text(json.dumps(record))
     model, loaded = runs.load_model(old_run / "checkpoints" / "ckpt-1")
+    (old_run / "checkpoints" / "best").mkdir()
+    for path in (old_run / "checkpoints").glob("ckpt-1.*"):
+        shutil.copy(path, old_run / "checkpoints" / "best")
+    best, _ = runs.load_model(old_run / "checkpoints" / "best" / "ckpt-1")  # The run two folders up.
+    assert all(np.array_equal(a, b) for a, b in zip(best.get_weights(), model.get_weights()))
     assert "eval_mode" not in loaded["model"] and "opt_name" not in loaded["train"] and model.config.mem_len == 4
     runs.check_or_save_config(old_run, current)  # Resuming with today's record is not refused.
     record["model"]["pad_id"] = 3

@@ -22,8 +22,8 @@ from PIL import Image
 
 import data_utils
 import generate
-import runs
 import devices
+import runs
 import train
 from conftest import REPO_ROOT, write_corpus
 from model import ModelConfig
@@ -240,7 +240,7 @@ import tensorflow as tf
 if "mirrored" in sys.argv[2:]:  # Two logical CPUs, one for each replica.
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import data_utils, train
+import data_utils, devices, train
 from model import ModelConfig
 strategies = {"single": tf.distribute.get_strategy, "multi_worker": lambda: devices.make_strategy("multi_worker"),
               "mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
