@@ -73,6 +73,7 @@ def test_cli_prints_cutoffs_in_the_flag_format(tmp_path):
     assert "of a full softmax" in result.stderr
 
 
+@pytest.mark.slow  # Each case starts a process that imports TensorFlow (about 3 s).
 @pytest.mark.parametrize("content, fragment", [(None, "no such file"), ("0.5\n0.6\n", "summing to 1.1"),
                                                ("1.2\n-0.2\n", "min -0.2"), ("0.5\nnan\n", "finite"),
                                                ("0.5\nhalf\n", "one probability per line")])
@@ -86,6 +87,7 @@ def test_bad_unigram_files_fail_with_one_line(tmp_path, content, fragment):
     assert len(errors) == 1 and fragment in errors[0] and str(path) in errors[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_clusters", [0, 11])
 def test_cli_rejects_a_number_of_clusters_outside_the_vocabulary(tmp_path, num_clusters):
     path = tmp_path / "unigram.txt"
