@@ -17,7 +17,10 @@ fi
 # TensorFlow prints its start-up lines (oneDNN, CUDA probing, CPU features) before any log level
 # applies (tensorflow/tensorflow#100442), so they are filtered here; --verbose keeps them.
 startup_lines='^(WARNING: All log messages before absl::InitializeLog|[IE]0000 [^]]*(port|cudart_stub|cpu_feature_guard|cuda_platform)\.cc:[0-9]+\]|To enable the following instructions)'
-case " $* " in *" --verbose "* | *" --verbose=true "* | *" --verbose=1 "*) startup_lines='^$.' ;; esac
+case " $* " in
+  *" --verbose "* | *" --verbose=true "* | *" --verbose=1 "*) startup_lines='^$.' ;;
+  *) export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-1}" ;;  # And its later INFO lines, e.g. TFRecordDataset's.
+esac
 quiet() { "$@" 2> >(grep --line-buffered -v -E "$startup_lines" >&2); }
 if [ ! -f "$data_dir/metadata.json" ]; then
   quiet ./create_tfrecords.sh --output_dir="$data_dir"
