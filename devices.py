@@ -43,8 +43,10 @@ POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixe
 
 
 def dtype_policy(precision):
+    """The Keras dtype policy of a --precision, "auto" resolved for this machine."""
+    precision = resolve_precision(precision)[0]
     if precision not in POLICIES:
-        raise ValueError(f"--precision {precision!r}: expected one of {', '.join(POLICIES)}.")
+        raise ValueError(f"--precision {precision!r}: expected auto or one of {', '.join(POLICIES)}.")
     return POLICIES[precision]
 
 

@@ -12,7 +12,7 @@ import shutil
 import tensorflow as tf
 
 import data_utils
-from devices import dtype_policy, resolve_precision
+from devices import dtype_policy
 from model import ModelConfig, TransformerXL
 
 # Fields that config.json files of runs made before their removal record, with the one value they may hold
@@ -139,7 +139,7 @@ def export(model, run_dir, data_dir):
 
 def build_model(model_config, precision="float32"):
     """A TransformerXL with its weights created, computing in `precision` (as trained: bfloat16 scores differ)."""
-    model = TransformerXL(model_config, dtype=dtype_policy(resolve_precision(precision)[0]))
+    model = TransformerXL(model_config, dtype=dtype_policy(precision))
     model(tf.zeros([1, 1], tf.int32), model.initial_memory(1))  # Creates the weights.
     return model
 

@@ -175,7 +175,7 @@ class Trainer:
         # Indexed by steps taken before a step: the first step uses tau_start, the last tau_end.
         self.tau_schedule = ExponentialTauSchedule(config.tau_start, config.tau_end, max(self.total_steps - 1, 1))
         with self.strategy.scope():
-            self.model = TransformerXL(model_config, dtype=devices.dtype_policy(devices.resolve_precision(config.precision)[0]))
+            self.model = TransformerXL(model_config, dtype=devices.dtype_policy(config.precision))
             self.learning_rate_schedule = learning_rate_schedule(config, self.total_steps)
             self.weight_optimizer = make_weight_optimizer(config, self.learning_rate_schedule)
             self.arch_optimizer = FusedAdam(arch_learning_rate_schedule(config, self.total_steps))
@@ -522,8 +522,9 @@ def field_comments(settings_class):
 
 def field_kind(field):
     """(int, float, bool, str or tuple, whether None is allowed) of a ModelConfig, TrainConfig or RunOptions field."""
-    kinds = [kind for kind in typing.get_args(field.type) or (field.type,) if kind is not type(None)]
-    return typing.get_origin(kinds[0]) or kinds[0], len(kinds) < len(typing.get_args(field.type) or (field.type,))
+    alternatives = typing.get_args(field.type) or (field.type,)  # int | None -> (int, NoneType); int -> ().
+    kinds = [kind for kind in alternatives if kind is not type(None)]
+    return typing.get_origin(kinds[0]) or kinds[0], len(kinds) < len(alternatives)
 
 
 def define_dataclass_flags(settings_class, flag_values, skip=()):
