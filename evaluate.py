@@ -13,7 +13,6 @@ memory is carried through the split from empty, as in training.
 import functools
 import json
 import math
-import sys
 
 import tensorflow as tf
 from absl import app, flags
@@ -82,14 +81,10 @@ def define_flags():
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("Usage: python evaluate.py CHECKPOINT [--split=valid|test] [--mem_len=M]")
-    try:
+    with runs.load_errors_in_one_line("evaluate.py", argv[1]):
         model, record = runs.load_model(argv[1], **({"mem_len": FLAGS.mem_len} if FLAGS.mem_len is not None else {}))
         data_dir = FLAGS.data_dir or record["data_dir"]
         data_utils.check_data_matches_model(data_dir, record)
-    except ValueError as error:  # DataError included.
-        sys.exit(f"evaluate.py: error: {data_utils.error_line(error)}")
-    except (OSError, KeyError, TypeError, tf.errors.OpError) as error:  # A truncated or foreign file in the export.
-        sys.exit(f"evaluate.py: error: cannot load {argv[1]}: {data_utils.error_line(error)}")
     metadata = data_utils.load_metadata(data_dir)
     results = evaluate(model, data_utils.make_dataset(data_dir, FLAGS.split), metadata["splits"][FLAGS.split]["words"],
                        metadata["batch_size"], FLAGS.jit_compile, eval_mode=FLAGS.eval_mode)

@@ -6,7 +6,6 @@ The prompt is read in one segment, then each new token is fed back alone with th
 previous ones, as Transformer-XL evaluates: context reaches back mem_len positions per block.
 """
 import pathlib
-import sys
 
 import numpy as np
 import tensorflow as tf
@@ -54,17 +53,13 @@ def sample(model, prompt_ids, length, temperature=1.0, top_k=0, top_p=1.0, seed=
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("Usage: python generate.py CHECKPOINT --prompt=TEXT [--length=N]")
-    try:
+    with runs.load_errors_in_one_line("generate.py", argv[1]):
         model, record = runs.load_model(argv[1], **({"mem_len": FLAGS.mem_len} if FLAGS.mem_len is not None else {}))
         if (pathlib.Path(argv[1]) / data_utils.TOKENIZER_FILE).is_file():  # An export carries its tokenizer.
             tokenizer = data_utils.Tokenizer.load(argv[1])
         else:  # The training data's, unless that has been rebuilt with other settings since.
             data_utils.check_data_matches_model(record["data_dir"], record)
             tokenizer = data_utils.Tokenizer.load(record["data_dir"])
-    except ValueError as error:  # DataError included.
-        sys.exit(f"generate.py: error: {data_utils.error_line(error)}")
-    except (OSError, KeyError, TypeError, tf.errors.OpError) as error:  # A truncated or foreign file in the export.
-        sys.exit(f"generate.py: error: cannot load {argv[1]}: {data_utils.error_line(error)}")
     # An empty prompt starts a new line, as after any line of the corpus.
     prompt = tokenizer.encode(tf.constant([FLAGS.prompt])).flat_values.numpy().tolist()
     prompt = prompt[:-1] if FLAGS.prompt else prompt  # Continue the prompt's line rather than ending it.

@@ -4,10 +4,12 @@
     logs/<model_name>/checkpoints/     ckpt-N (the latest two) and best/
     logs/<model_name>/export/          config.json, model.weights.h5 and the tokenizer
 """
+import contextlib
 import dataclasses
 import json
 import pathlib
 import shutil
+import sys
 
 import tensorflow as tf
 
@@ -142,6 +144,18 @@ def build_model(model_config, precision="float32"):
     model = TransformerXL(model_config, dtype=dtype_policy(precision))
     model(tf.zeros([1, 1], tf.int32), model.initial_memory(1))  # Creates the weights.
     return model
+
+
+@contextlib.contextmanager
+def load_errors_in_one_line(script, path):
+    """Ends `script` with one line on a bad setting or data (ValueError, DataError included) or on a
+    truncated or foreign file in the run or export at `path`, instead of a traceback."""
+    try:
+        yield
+    except ValueError as error:
+        sys.exit(f"{script}: error: {data_utils.error_line(error)}")
+    except (OSError, KeyError, TypeError, tf.errors.OpError) as error:
+        sys.exit(f"{script}: error: cannot load {path}: {data_utils.error_line(error)}")
 
 
 def load_model(path, **overrides):
