@@ -153,19 +153,23 @@ class AdaptiveSoftmax(keras.layers.Layer):
             logits = tf.concat([self._affine(hidden, shortlist_weights), logits], axis=-1)
         return tf.nn.log_softmax(tf.cast(logits + tf.cast(self.head_bias, logits.dtype), tf.float32))
 
-    def _tail_logits(self, hidden, i):
-        """[..., D] -> [..., size of tail cluster i] float32 logits of tail cluster i."""
-        projected = self._affine(hidden, self.tail_projections[i])
-        return tf.cast(self._affine(projected, self.tail_kernels[i], self.tail_biases[i]), tf.float32)
+    def _tail_weights(self, i):
+        """Tail cluster i's (projection, kernel, bias)."""
+        return self.tail_projections[i], self.tail_kernels[i], self.tail_biases[i]
 
-    def _tail_label_log_prob(self, hidden, labels, i):
+    def _tail_logits(self, hidden, projection, kernel, bias):
+        """[..., D] -> [..., size of the tail cluster] float32 logits, from the cluster's weights."""
+        return tf.cast(self._affine(self._affine(hidden, projection), kernel, bias), tf.float32)
+
+    def _tail_label_log_prob(self, hidden, labels, i, weights=None):
         """hidden [..., D], labels [...] -> log p(label | tail cluster i) [...] float32.
 
         The label's logit minus the tail's logsumexp: its log-softmax entry, without materialising
         the log-softmax. Labels outside the cluster are clipped into it, so the value stays finite.
+        weights: the tail's (projection, kernel, bias) as tensors; None reads the layer's own.
         """
         start, stop = self.clusters[i]
-        tail_logits = self._tail_logits(hidden, i)  # [..., stop - start]
+        tail_logits = self._tail_logits(hidden, *(weights or self._tail_weights(i)))  # [..., stop - start]
         local = tf.clip_by_value(labels - start, 0, stop - start - 1)  # [...]
         label_logit = tf.gather(tail_logits, local, batch_dims=len(local.shape))
         return label_logit - tf.reduce_logsumexp(tail_logits, axis=-1)
@@ -175,24 +179,40 @@ class AdaptiveSoftmax(keras.layers.Layer):
         float32, exact where in_cluster; elsewhere finite values for the caller to drop.
 
         Scores `capacity` rows with static shapes, so XLA compiles it quickly, unless more rows than
-        that lie in the cluster: then every row. tf.cond compiles both branches and runs one, in the
-        forward and in the backward pass.
+        that lie in the cluster: then every row. A tf.cond picks the branch in the forward pass, and
+        another in the backward pass, which recomputes the branch's forward. Differentiating the
+        forward tf.cond instead would pass its intermediates, whose shapes differ between the
+        branches, into the backward pass; XLA then needs the weights as compile-time constants
+        and recompiles the whole training step at every step.
         """
         flat_hidden = tf.reshape(hidden, [-1, hidden.shape[-1]])  # [N, D]
         flat_labels, flat_in_cluster = tf.reshape(labels, [-1]), tf.reshape(in_cluster, [-1])  # [N]
-        count = tf.reduce_sum(tf.cast(flat_in_cluster, tf.int32))
+        fits = tf.reduce_sum(tf.cast(flat_in_cluster, tf.int32)) <= capacity
+        # The top `capacity` of the 0/1 mask: distinct rows, every in-cluster one first when they fit.
+        _, rows = tf.math.top_k(tf.cast(flat_in_cluster, tf.float32), k=capacity)  # [C]
 
-        def gathered():
-            # The top `capacity` of the 0/1 mask: distinct rows, every in-cluster one first when they fit.
-            _, rows = tf.math.top_k(tf.cast(flat_in_cluster, tf.float32), k=capacity)  # [C]
-            log_prob = self._tail_label_log_prob(tf.gather(flat_hidden, rows), tf.gather(flat_labels, rows), i)  # [C]
+        def gathered(inputs, weights):
+            log_prob = self._tail_label_log_prob(tf.gather(inputs, rows), tf.gather(flat_labels, rows), i, weights)
             # [N]: padding slots land on rows outside the cluster, which the caller drops.
             return tf.scatter_nd(rows[:, None], log_prob, tf.shape(flat_labels))
 
-        def every_row():
-            return tf.reshape(self._tail_label_log_prob(hidden, labels, i), [-1])  # [N]
+        def every_row(inputs, weights):
+            return self._tail_label_log_prob(inputs, flat_labels, i, weights)  # [N]
 
-        return tf.reshape(tf.cond(count <= capacity, gathered, every_row), tf.shape(labels))
+        @tf.custom_gradient
+        def tail_log_prob(inputs, *weights):
+            def gradient(upstream):
+                def gradients_of(branch):
+                    with tf.GradientTape() as tape:
+                        tape.watch([inputs, *weights])
+                        value = branch(inputs, weights)
+                    return [tf.convert_to_tensor(g) for g in
+                            tape.gradient(value, [inputs, *weights], output_gradients=upstream)]
+                return tf.cond(fits, lambda: gradients_of(gathered), lambda: gradients_of(every_row))
+            return tf.cond(fits, lambda: gathered(inputs, weights), lambda: every_row(inputs, weights)), gradient
+
+        weights = [tf.convert_to_tensor(w) for w in self._tail_weights(i)]
+        return tf.reshape(tail_log_prob(flat_hidden, *weights), tf.shape(labels))
 
     def _check_capacities(self, tail_capacities, labels, gather_rows):
         """One capacity per tail for static [B, T] labels; capacities of at least B * T become None (every row)."""
@@ -244,7 +264,7 @@ class AdaptiveSoftmax(keras.layers.Layer):
         head = self._head_log_probs(hidden)
         parts = [head[..., : self.shortlist_size]]
         for i in range(len(self.clusters)):
-            parts.append(head[..., self.shortlist_size + i, None] + tf.nn.log_softmax(self._tail_logits(hidden, i)))
+            parts.append(head[..., self.shortlist_size + i, None] + tf.nn.log_softmax(self._tail_logits(hidden, *self._tail_weights(i))))
         return tf.concat(parts, axis=-1)
 
     @staticmethod

@@ -1,5 +1,6 @@
 """Adaptive softmax: normalisation, NLL against the full distribution, the plain-softmax case, padding,
 and the static-capacity rows against every row."""
+import re
 import time
 
 import keras
@@ -109,6 +110,19 @@ def test_capacity_rows_compiled_give_the_every_row_loss_and_gradients(spare):
     compiled = tf.function(loss_and_gradients, jit_compile=True)(layer, hidden, labels, tail_capacities=capacities)
     for capacity_rows, expected in zip(compiled, every_row):
         np.testing.assert_allclose(capacity_rows, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_capacity_rows_compile_with_hidden_labels_and_weights_as_runtime_inputs():
+    """An input XLA folds in as a constant recompiles the step whenever it changes: every step."""
+    layer = built_layer((10, 30))
+    hidden, labels = random_inputs(batch=4, length=9)
+    compiled = tf.function(loss_and_gradients, jit_compile=True)
+    hlo = compiled.experimental_get_compiler_ir(layer, hidden, labels, tail_capacities=(8, 8))(stage="hlo")
+    entry = hlo[hlo.index("ENTRY"):]
+    parameters = re.findall(r"= (\w+\[[\d,]*\])\S* parameter\(", entry[: entry.index("\n}")])  # f32[4,9,16]
+    expected = [f"s32[{','.join(map(str, labels.shape))}]"] + [
+        f"f32[{','.join(map(str, tensor.shape))}]" for tensor in [hidden] + layer.trainable_weights]
+    assert sorted(parameters) == sorted(expected)
 
 
 def test_capacity_of_every_row_or_more_runs_every_row():
