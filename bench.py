@@ -94,9 +94,13 @@ def data_tokens_per_second(data_dir, tokens_per_batch):
     return batches * tokens_per_batch / (time.perf_counter() - start)
 
 
-def step_runs(model_config, train_config, data_dir, batch_size, strategy):
-    """(train, eval) callables that each run one real step on the next batch and wait for it."""
-    trainer = train.Trainer(model_config, train_config, steps_per_epoch=1000, batch_size=batch_size, strategy=strategy)
+def step_runs(model_config, train_config, data_dir, batch_size, strategy, shares):
+    """(train, eval) callables that each run one real step on the next batch and wait for it.
+
+    shares: each adaptive softmax tail's share of tokens, which sizes its rows in an XLA step, as in train.py.
+    """
+    trainer = train.Trainer(model_config, train_config, steps_per_epoch=1000, batch_size=batch_size, strategy=strategy,
+                            tail_shares=shares)
     batches = iter(data_utils.make_dataset(data_dir, "train").repeat())
     model = trainer.model
     eval_step = evaluate.evaluation_step(model, "mix", devices.use_xla(train_config.jit_compile))
@@ -162,7 +166,7 @@ def main(argv):
                                                      report["parallel_matmuls"])
             for architecture, config in configs.items():
                 train_run, eval_run = step_runs(config, dataclasses.replace(train_config, precision=precision),
-                                                data_dir, batch_size, strategy)
+                                                data_dir, batch_size, strategy, report["tail_shares"])
                 runs[(architecture, precision, "train")], runs[(architecture, precision, "eval")] = train_run, eval_run
         seconds = interleaved_median_seconds(runs, flag_values.steps, flag_values.warmup_steps_bench)
     for precision in precisions:

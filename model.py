@@ -493,14 +493,16 @@ class TransformerXL(keras.Model):
         valid_length = tf.minimum(memory.valid_length + num_tokens, mem_len)
         return hidden, Memory(tf.stack(new_states) if new_states else states, valid_length)
 
-    def token_nll(self, tokens, labels, memory, tau=1.0, training=False, eval_mode="mix", gather_rows=False):
+    def token_nll(self, tokens, labels, memory, tau=1.0, training=False, eval_mode="mix", gather_rows=False,
+                  tail_capacities=None):
         """tokens, labels [B, T] int32 -> (nll [B, T] float32, 0 at pad labels; new Memory).
 
         gather_rows: each adaptive softmax tail scores only its own tokens; only for steps not
-        compiled with XLA (see AdaptiveSoftmax).
+        compiled with XLA. tail_capacities: each tail scores that many rows; for steps compiled
+        with XLA (see AdaptiveSoftmax).
         """
         hidden, new_memory = self(tokens, memory, tau=tau, training=training, eval_mode=eval_mode)
-        return self.output_layer(hidden, labels, gather_rows=gather_rows), new_memory
+        return self.output_layer(hidden, labels, gather_rows=gather_rows, tail_capacities=tail_capacities), new_memory
 
     def log_probs(self, tokens, memory, tau=1.0, training=False, eval_mode="mix"):
         """tokens [B, T] int32 -> (log-probabilities [B, T, V] float32, new Memory)."""

@@ -33,7 +33,7 @@ import data_utils
 import devices
 import plot_arch
 import runs
-from adaptive_softmax import tail_shares
+from adaptive_softmax import tail_capacities, tail_shares
 from evaluate import evaluate_both_ways
 from gumbel import ExponentialTauSchedule
 from model import Memory, ModelConfig, TransformerXL, count_parameters, flops_per_token
@@ -161,7 +161,10 @@ class Trainer:
     one global memory after each step, and their NLL sums are added before the perplexity.
     """
 
-    def __init__(self, model_config, config, steps_per_epoch, batch_size, strategy=None):
+    def __init__(self, model_config, config, steps_per_epoch, batch_size, strategy=None, tail_shares=None):
+        """tail_shares: each adaptive softmax tail's share of the training tokens. In a step compiled
+        with XLA each tail then scores a static number of rows sized from it (tail_capacities), not
+        every row; without XLA each tail scores exactly its own rows anyway."""
         keras.utils.set_random_seed(config.seed)
         self.config = config
         self.divergence_limit = 2 * math.log(model_config.vocab_size)  # Twice uniform guessing's loss.
@@ -199,6 +202,7 @@ class Trainer:
         # XLA compiles the whole step on one device; across replicas the collectives stay outside it.
         self.jit_compile = devices.use_xla(config.jit_compile) and single_device
         self.train_step = tf.function(self._train_step, jit_compile=self.jit_compile)
+        self.tail_shares = tail_shares if self.jit_compile and model_config.cutoffs else None
         # Keras 3 layers are not all tracked by tf.train.Checkpoint, so the model's variables
         # (weights, arch logits, RNG states) are saved as one ordered list.
         self.checkpoint = tf.train.Checkpoint(
@@ -275,10 +279,12 @@ class Trainer:
         Returns (the rows' NLL sum, new Memory).
         """
         weights, arch = self.model.weight_variables, self.model.arch_variables
+        capacities = tail_capacities(self.tail_shares, targets.shape.num_elements()) if self.tail_shares else None
         loss_scaled = isinstance(self.weight_optimizer, keras.optimizers.LossScaleOptimizer)
         with tf.GradientTape() as tape:
             nll, new_memory = self.model.token_nll(inputs, targets, memory, tau=self.tau_of_step(self.global_step + 1),
-                                                   training=True, gather_rows=not self.jit_compile)
+                                                   training=True, gather_rows=not self.jit_compile,
+                                                   tail_capacities=capacities)
             loss = tf.reduce_sum(nll) / tf.maximum(scored, 1.0)
             scaled_loss = self.weight_optimizer.scale_loss(loss) if loss_scaled else loss
         gradients = tape.gradient(scaled_loss, weights + arch)
@@ -379,7 +385,7 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     steps_per_epoch = metadata["splits"]["train"]["batches"]
     unigram_path = pathlib.Path(data_dir) / data_utils.UNIGRAM_FILE  # Synthetic datasets have none.
     shares = tail_shares(np.loadtxt(unigram_path), model_config.cutoffs) if unigram_path.is_file() else None
-    trainer = Trainer(model_config, config, steps_per_epoch, batch_size, strategy)
+    trainer = Trainer(model_config, config, steps_per_epoch, batch_size, strategy, tail_shares=shares)
     runs.check_or_save_config(run_dir, record, save=chief)  # Only once the run can start.
     model = trainer.model
     checkpoint_dir, write_dir = run_dir / "checkpoints", devices.checkpoint_write_dir(run_dir, strategy)

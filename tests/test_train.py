@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import types
+from unittest import mock
 
 import keras
 import numpy as np
@@ -25,6 +26,7 @@ import generate
 import devices
 import runs
 import train
+from adaptive_softmax import tail_shares
 from conftest import REPO_ROOT, write_corpus
 from model import ModelConfig
 
@@ -218,6 +220,32 @@ def interval_losses(data_dir, precision, steps):
     for inputs, targets in data_utils.make_dataset(data_dir, "train").repeat().take(steps):
         losses.append(float(trainer.train_step(inputs, targets)))
     return np.array(losses)
+
+
+def stream_losses(data_dir, steps, **trainer_options):
+    """Training losses of the tiny model with cutoffs (8, 16), in float32 and without dropout."""
+    trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(8, 16), **{**TINY_MODEL, "dropout_rate": 0.0}),
+                            train.TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=2, precision="float32"),
+                            steps_per_epoch=steps, batch_size=4, **trainer_options)
+    batches = list(data_utils.make_dataset(data_dir, "train").take(steps))
+    losses = [float(trainer.train_step(inputs, targets)) for inputs, targets in batches]
+    return np.array(losses), trainer.train_step.get_concrete_function(*batches[0])
+
+
+# 0.25 of the true shares gives the second tail the minimum 8 rows for its 12 or so: it overflows.
+@pytest.mark.parametrize("share_scale", [1.0, 0.25])
+def test_xla_step_with_tail_capacities_follows_every_row(tmp_path, share_scale):
+    """Under XLA each tail scores a static number of rows, not every row; the losses stay the same."""
+    stream = np.random.default_rng(0).integers(1, 30, 32 * 6)
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", stream, vocab_size=30, batch_size=4, seq_len=8)
+    shares = [share_scale * share for share in tail_shares(np.bincount(stream, minlength=30) / len(stream), (8, 16))]
+    with mock.patch.object(devices, "use_xla", lambda jit_compile: True):
+        every_row, _ = stream_losses(data_dir, 5)
+        capacity_rows, step = stream_losses(data_dir, 5, tail_shares=shares)
+    graph = step.graph.as_graph_def()
+    ops = {node.op for node in graph.node} | {node.op for function in graph.library.function for node in function.node_def}
+    assert "TopKV2" in ops  # The capacity rows were used.
+    np.testing.assert_allclose(capacity_rows, every_row, rtol=1e-5)
 
 
 @pytest.mark.slow
