@@ -1,12 +1,14 @@
 """Draws how each block chose among attention, dense and identity during the search.
 
     python plot_arch.py logs/base            # writes logs/base/pi.gif and logs/base/pi.png
+    python plot_arch.py --trajectories=pi.png --max_step=20000 logs/base logs/other   # runs side by side
 
 Reads the run's pi_history.jsonl (one record per logged step: step, tau, pi [num_blocks, 3]) and
 renders the blocks x {attention, dense, identity} heatmap with the most likely choice's
 probability in each block's row: an animated GIF of at most MAX_FRAMES records, evenly spaced from
 the first to the last, and the final frame as a PNG. Prints the derived architecture string for
-`--architecture`.
+`--architecture`. With --trajectories, draws instead each candidate's probability against the step,
+one panel per block and run, to compare how runs searched.
 """
 import io
 import json
@@ -18,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # Headless: files only, no window.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app  # noqa: E402
+from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import model  # noqa: E402
@@ -28,6 +30,7 @@ import model  # noqa: E402
 CANDIDATE_NAMES = tuple({"A": "attention", "D": "dense", "I": "identity"}[letter] for letter in model.CANDIDATES)
 PI_HISTORY_FILE = "pi_history.jsonl"
 MAX_FRAMES = 100  # 20 s at 5 frames a second; a 20-epoch run's 540 records would make a 1.5 MB GIF.
+COLORS = {"attention": "tab:red", "dense": "tab:blue", "identity": "tab:gray"}
 
 
 def render_pi(pi, title):
@@ -71,7 +74,42 @@ def plot_history(run_dir, max_frames=MAX_FRAMES):
     return model.derived_architecture(history[-1]["pi"])
 
 
+def trajectories(history, max_step=0):
+    """(steps [N], pi [N, blocks, candidates]) of the records up to max_step (0: all)."""
+    kept = [record for record in history if not max_step or record["step"] <= max_step]
+    return np.array([record["step"] for record in kept]), np.array([record["pi"] for record in kept])
+
+
+def plot_trajectories(run_dirs, output, max_step=0):
+    """Writes a PNG to `output`: each candidate's pi against the step, a row per block, a column per run."""
+    runs = [trajectories(read_history(run_dir), max_step) for run_dir in run_dirs]
+    num_blocks = max(pi.shape[1] for _, pi in runs)
+    figure, axes = plt.subplots(num_blocks, len(runs), figsize=(3.2 * len(runs), 1.1 * num_blocks + 0.8), dpi=80,
+                                sharex=True, sharey=True, squeeze=False)
+    for column, (run_dir, (steps, pi)) in enumerate(zip(run_dirs, runs)):
+        axes[0, column].set_title(pathlib.Path(run_dir).name, fontsize=9)
+        for block in range(pi.shape[1]):
+            for candidate, name in enumerate(CANDIDATE_NAMES):
+                axes[block, column].plot(steps, pi[:, block, candidate], color=COLORS[name], label=name, linewidth=1)
+            axes[block, column].set_ylim(0, 1)
+            axes[block, 0].set_ylabel(f"block {block}", fontsize=8)
+        axes[-1, column].set_xlabel("step", fontsize=8)
+    axes[0, -1].legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    figure.savefig(output, format="png")
+    plt.close(figure)
+
+
 def main(argv):
+    if FLAGS.trajectories:
+        if len(argv) < 2:
+            raise app.UsageError("Usage: python plot_arch.py --trajectories=OUT.png RUN_DIR [RUN_DIR ...]")
+        try:
+            plot_trajectories(argv[1:], FLAGS.trajectories, FLAGS.max_step)
+        except FileNotFoundError as error:
+            sys.exit(f"plot_arch.py: error: {error}")
+        print(f"Wrote {FLAGS.trajectories}.")
+        return
     if len(argv) != 2:
         raise app.UsageError("Usage: python plot_arch.py RUN_DIR")
     try:
@@ -82,4 +120,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    FLAGS = flags.FLAGS
+    flags.DEFINE_string("trajectories", None, "Write the runs' pi trajectories, side by side, to this PNG "
+                        "instead of one run's pi.gif and pi.png.")
+    flags.DEFINE_integer("max_step", 0, "With --trajectories: only the records up to this step (0: all), "
+                         "to compare runs over the same budget.")
     app.run(main)

@@ -38,3 +38,29 @@ def test_derived_architecture_reads_the_argmax_of_each_block():
 def test_candidate_names_are_the_architecture_letters_spelt_out():
     assert plot_arch.CANDIDATE_NAMES == ("attention", "dense", "identity")  # TensorBoard's pi/block_i/<name> tags.
     assert "".join(name[0].upper() for name in plot_arch.CANDIDATE_NAMES) == model.CANDIDATES
+
+
+def write_history(run_dir, records):
+    run_dir.mkdir()
+    (run_dir / plot_arch.PI_HISTORY_FILE).write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def test_trajectories_keep_the_records_up_to_max_step_in_order():
+    pi = lambda a: [[a, 1 - a, 0.0], [0.0, a, 1 - a]]
+    history = [dict(step=100 * i, tau=1.0, pi=pi(i / 10)) for i in range(1, 6)]
+    steps, kept = plot_arch.trajectories(history, max_step=300)
+    assert steps.tolist() == [100, 200, 300] and kept.shape == (3, 2, 3)
+    np.testing.assert_allclose(kept[:, 0, 0], [0.1, 0.2, 0.3])  # Block 0's attention, step by step.
+    np.testing.assert_allclose(kept[:, 1, 2], [0.9, 0.8, 0.7])  # Block 1's identity.
+    assert plot_arch.trajectories(history)[0].tolist() == [100, 200, 300, 400, 500]
+
+
+def test_trajectories_figure_has_a_column_per_run(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("one", "two"):
+        write_history(tmp_path / name, [dict(step=100 * i, tau=1.0, pi=rng.dirichlet(np.ones(3), size=4).tolist())
+                                        for i in range(1, 5)])
+    plot_arch.plot_trajectories([tmp_path / "one"], tmp_path / "single.png")
+    plot_arch.plot_trajectories([tmp_path / "one", tmp_path / "two"], tmp_path / "pair.png", max_step=300)
+    single, pair = Image.open(tmp_path / "single.png").size, Image.open(tmp_path / "pair.png").size
+    assert pair[1] == single[1] and pair[0] == 2 * single[0]  # 3.2 inches wider per run, as tall.
