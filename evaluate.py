@@ -82,7 +82,7 @@ def main(argv):
     if len(argv) != 2:
         raise app.UsageError("Usage: python evaluate.py CHECKPOINT [--split=valid|test] [--mem_len=M]")
     with runs.load_errors_in_one_line("evaluate.py", argv[1]):
-        model, record = runs.load_model(argv[1], **({"mem_len": FLAGS.mem_len} if FLAGS.mem_len is not None else {}))
+        model, record = runs.load_model(argv[1], mem_len=FLAGS.mem_len)
         data_dir = FLAGS.data_dir or record["data_dir"]
         data_utils.check_data_matches_model(data_dir, record)
     metadata = data_utils.load_metadata(data_dir)

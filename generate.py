@@ -54,7 +54,7 @@ def main(argv):
     if len(argv) != 2:
         raise app.UsageError("Usage: python generate.py CHECKPOINT --prompt=TEXT [--length=N]")
     with runs.load_errors_in_one_line("generate.py", argv[1]):
-        model, record = runs.load_model(argv[1], **({"mem_len": FLAGS.mem_len} if FLAGS.mem_len is not None else {}))
+        model, record = runs.load_model(argv[1], mem_len=FLAGS.mem_len)
         if (pathlib.Path(argv[1]) / data_utils.TOKENIZER_FILE).is_file():  # An export carries its tokenizer.
             tokenizer = data_utils.Tokenizer.load(argv[1])
         else:  # The training data's, unless that has been rebuilt with other settings since.

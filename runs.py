@@ -158,10 +158,11 @@ def load_errors_in_one_line(script, path):
         sys.exit(f"{script}: error: cannot load {path}: {data_utils.error_line(error)}")
 
 
-def load_model(path, **overrides):
+def load_model(path, mem_len=None):
     """Rebuilds a trained model from an export directory, a run directory or a checkpoint prefix.
 
-    `overrides` change config fields that hold no weights, e.g. a longer mem_len for evaluation.
+    mem_len: a memory length other than the training one (it holds no weights), e.g. a longer one
+    for evaluation; None keeps the training one.
     Returns (model, the run's config record, whose "data_dir" is the dataset it was trained on).
     """
     path = pathlib.Path(path)
@@ -171,6 +172,7 @@ def load_model(path, **overrides):
     if run_dir is None:
         raise ValueError(f"{path}: neither an export directory, a run directory nor a checkpoint in one.")
     record = read_record(run_dir / "config.json")
+    overrides = {} if mem_len is None else {"mem_len": mem_len}
     model = build_model(ModelConfig(**{**record["model"], **overrides}), record["train"]["precision"])
     if (path / "model.weights.h5").is_file():
         model.load_weights(str(path / "model.weights.h5"))
