@@ -233,6 +233,7 @@ def stream_losses(data_dir, steps, **trainer_options):
 
 
 # 0.25 of the true shares gives the second tail the minimum 8 rows for its 12 or so: it overflows.
+@pytest.mark.slow  # Each compiles two training steps with XLA.
 @pytest.mark.parametrize("share_scale", [1.0, 0.25])
 def test_xla_step_with_tail_capacities_follows_every_row(tmp_path, share_scale):
     """Under XLA each tail scores a static number of rows, not every row; the losses stay the same."""
