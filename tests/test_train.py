@@ -232,7 +232,7 @@ def stream_losses(data_dir, steps, **trainer_options):
     return np.array(losses), trainer.train_step.get_concrete_function(*batches[0])
 
 
-# 0.25 of the true shares gives the second tail the minimum 8 rows for its 12 or so: it overflows.
+# 0.25 of the true shares gives the second tail the minimum 8 rows for its 17 or so a batch: it overflows.
 @pytest.mark.slow  # Each compiles two training steps with XLA.
 @pytest.mark.parametrize("share_scale", [1.0, 0.25])
 def test_xla_step_with_tail_capacities_follows_every_row(tmp_path, share_scale):
