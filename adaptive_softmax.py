@@ -264,7 +264,8 @@ class AdaptiveSoftmax(keras.layers.Layer):
         head = self._head_log_probs(hidden)
         parts = [head[..., : self.shortlist_size]]
         for i in range(len(self.clusters)):
-            parts.append(head[..., self.shortlist_size + i, None] + tf.nn.log_softmax(self._tail_logits(hidden, *self._tail_weights(i))))
+            tail_log_probs = tf.nn.log_softmax(self._tail_logits(hidden, *self._tail_weights(i)))
+            parts.append(head[..., self.shortlist_size + i, None] + tail_log_probs)
         return tf.concat(parts, axis=-1)
 
     @staticmethod
