@@ -91,9 +91,10 @@ def plot_trajectories(run_dirs, output, max_step=0):
         for block in range(pi.shape[1]):
             for candidate, name in enumerate(CANDIDATE_NAMES):
                 axes[block, column].plot(steps, pi[:, block, candidate], color=COLORS[name], label=name, linewidth=1)
-            axes[block, column].set_ylim(0, 1)
-            axes[block, 0].set_ylabel(f"block {block}", fontsize=8)
         axes[-1, column].set_xlabel("step", fontsize=8)
+    for block in range(num_blocks):
+        axes[block, 0].set_ylabel(f"block {block}", fontsize=8)
+    axes[0, 0].set_ylim(0, 1)  # Shared by every panel.
     axes[0, -1].legend(fontsize=7, loc="upper right")
     figure.tight_layout()
     figure.savefig(output, format="png")
@@ -101,22 +102,18 @@ def plot_trajectories(run_dirs, output, max_step=0):
 
 
 def main(argv):
-    if FLAGS.trajectories:
-        if len(argv) < 2:
-            raise app.UsageError("Usage: python plot_arch.py --trajectories=OUT.png RUN_DIR [RUN_DIR ...]")
-        try:
-            plot_trajectories(argv[1:], FLAGS.trajectories, FLAGS.max_step)
-        except FileNotFoundError as error:
-            sys.exit(f"plot_arch.py: error: {error}")
-        print(f"Wrote {FLAGS.trajectories}.")
-        return
-    if len(argv) != 2:
-        raise app.UsageError("Usage: python plot_arch.py RUN_DIR")
+    if len(argv) < 2 or (len(argv) != 2 and not FLAGS.trajectories):
+        raise app.UsageError("Usage: python plot_arch.py RUN_DIR, or python plot_arch.py --trajectories=OUT.png "
+                             "RUN_DIR [RUN_DIR ...]")
     try:
-        architecture = plot_history(argv[1])
+        if FLAGS.trajectories:
+            plot_trajectories(argv[1:], FLAGS.trajectories, FLAGS.max_step)
+            print(f"Wrote {FLAGS.trajectories}.")
+        else:
+            architecture = plot_history(argv[1])
+            print(f"Wrote {argv[1]}/pi.gif and pi.png. Derived architecture: --architecture={architecture}")
     except FileNotFoundError as error:
         sys.exit(f"plot_arch.py: error: {error}")
-    print(f"Wrote {argv[1]}/pi.gif and pi.png. Derived architecture: --architecture={architecture}")
 
 
 if __name__ == "__main__":
