@@ -58,6 +58,18 @@ def read_history(run_dir):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def held_since(history):
+    """(the last record's derived architecture, the first step from which every record derives it).
+
+    A search has settled when this step stays put while the run goes on.
+    """
+    derived = [model.derived_architecture(record["pi"]) for record in history]
+    start = len(derived) - 1
+    while start > 0 and derived[start - 1] == derived[-1]:
+        start -= 1
+    return derived[-1], history[start]["step"]
+
+
 def frame_indices(records, max_frames):
     """Up to max_frames indices of `records` records, evenly spaced, the first and the last included."""
     return np.unique(np.linspace(0, records - 1, min(max_frames, records)).round().astype(int)).tolist()
@@ -111,7 +123,9 @@ def main(argv):
             print(f"Wrote {FLAGS.trajectories}.")
         else:
             architecture = plot_history(argv[1])
-            print(f"Wrote {argv[1]}/pi.gif and pi.png. Derived architecture: --architecture={architecture}")
+            since = held_since(read_history(argv[1]))[1]
+            print(f"Wrote {argv[1]}/pi.gif and pi.png. Derived architecture: --architecture={architecture}, "
+                  f"held since step {since}.")
     except FileNotFoundError as error:
         sys.exit(f"plot_arch.py: error: {error}")
 

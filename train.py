@@ -351,6 +351,14 @@ def write_pi(trainer, run_dir, writer, step):
     return pi
 
 
+def log_derived_architecture(log, model, run_dir, step):
+    """Logs the architecture the search derives now and the step since which it has, to tell when it settled."""
+    path = run_dir / plot_arch.PI_HISTORY_FILE
+    history = plot_arch.read_history(run_dir) if path.is_file() else []
+    architecture, since = plot_arch.held_since(history + [dict(step=step, pi=model.arch_probabilities().tolist())])
+    log.info("step %d derived architecture: --architecture=%s, held since step %d.", step, architecture, since)
+
+
 def forget_pi_after(path, step):
     """Drops pi records a killed run wrote after its last checkpoint; the resumed run writes them again."""
     if path.is_file():
@@ -435,6 +443,7 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
             if model.arch_variables and chief:
                 png = plot_arch.render_pi(model.arch_probabilities(), f"step {step}")
                 tf.summary.image("pi", tf.image.decode_png(png)[None])
+                log_derived_architecture(log, model, run_dir, step)  # From the chief's pi history.
         return results
 
     step = int(trainer.step.numpy())

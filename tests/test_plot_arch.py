@@ -35,6 +35,15 @@ def test_derived_architecture_reads_the_argmax_of_each_block():
     assert model.derived_architecture(pi) == "ADI"
 
 
+def test_held_since_is_the_first_step_of_the_last_unbroken_run_of_the_final_architecture():
+    attention, dense = [[0.6, 0.3, 0.1]], [[0.2, 0.7, 0.1]]
+    history = [dict(step=100 * i, tau=1.0, pi=pi) for i, pi in
+               enumerate([attention, dense, dense, attention, dense, dense, dense], start=1)]
+    assert plot_arch.held_since(history) == ("D", 500)  # Dense also led at steps 200-300, then lost it at 400.
+    assert plot_arch.held_since(history[:1]) == ("A", 100)
+    assert plot_arch.held_since([dict(h, pi=dense) for h in history]) == ("D", 100)
+
+
 def test_candidate_names_are_the_architecture_letters_spelt_out():
     assert plot_arch.CANDIDATE_NAMES == ("attention", "dense", "identity")  # TensorBoard's pi/block_i/<name> tags.
     assert "".join(name[0].upper() for name in plot_arch.CANDIDATE_NAMES) == model.CANDIDATES

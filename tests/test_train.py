@@ -507,11 +507,12 @@ def test_after_warmup_the_logits_stay_put_during_warmup_while_the_weights_learn(
     assert not any(np.array_equal(before, v.numpy()) for before, v in zip(logits, trainer.model.arch_variables))
 
 
-def test_auto_precision_is_resolved_logged_and_written_into_the_config(tmp_path):
+def test_a_search_logs_its_auto_precision_epoch_time_and_derived_architecture(tmp_path):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(1, 30).repeat(4), vocab_size=30,
                                                batch_size=2, seq_len=8)
     config = train.TrainConfig(epochs=1, precision="auto")
-    train.train_and_evaluate(ModelConfig(vocab_size=30, cutoffs=(), **TINY_MODEL), config, data_dir, tmp_path / "run")
+    results = train.train_and_evaluate(ModelConfig(vocab_size=30, cutoffs=(), **TINY_MODEL), config, data_dir,
+                                       tmp_path / "run")
     cpu_flags = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").is_file() else ""
     native = any(flag in cpu_flags.split() for flag in ("avx512_bf16", "amx_bf16"))
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["precision"]
@@ -520,6 +521,9 @@ def test_auto_precision_is_resolved_logged_and_written_into_the_config(tmp_path)
     log = (tmp_path / "run" / "training_log.log").read_text()
     assert f"Precision {recorded} (auto: " in log
     assert "Epoch 1 time:" in log and "training steps took" in log
+    derived = re.findall(r"step (\d+) derived architecture: --architecture=([ADI]{3}), held since step (\d+)\.", log)
+    assert len(derived) == 1 and derived[0][1] == results["derived_architecture"]  # One epoch, one validation.
+    assert 1 <= int(derived[0][2]) <= int(derived[0][0])
 
 
 def tiny_stream_run(tmp_path):
