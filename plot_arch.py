@@ -77,13 +77,13 @@ def frame_indices(records, max_frames):
 
 def plot_history(run_dir, max_frames=MAX_FRAMES):
     """Writes pi.gif (up to max_frames records, the first and last among them) and pi.png (the last) into
-    `run_dir`; returns the derived string."""
+    `run_dir`; returns held_since of the history: the derived string and the step since which it has held."""
     history = read_history(run_dir)
     frames = [Image.open(io.BytesIO(render_pi(history[i]["pi"], f"step {history[i]['step']}  tau {history[i]['tau']:.3f}")))
               .convert("RGB") for i in frame_indices(len(history), max_frames)]
     frames[0].save(pathlib.Path(run_dir) / "pi.gif", save_all=True, append_images=frames[1:], duration=200, loop=0)
     frames[-1].save(pathlib.Path(run_dir) / "pi.png")
-    return model.derived_architecture(history[-1]["pi"])
+    return held_since(history)
 
 
 def trajectories(history, max_step=0):
@@ -122,8 +122,7 @@ def main(argv):
             plot_trajectories(argv[1:], FLAGS.trajectories, FLAGS.max_step)
             print(f"Wrote {FLAGS.trajectories}.")
         else:
-            architecture = plot_history(argv[1])
-            since = held_since(read_history(argv[1]))[1]
+            architecture, since = plot_history(argv[1])
             print(f"Wrote {argv[1]}/pi.gif and pi.png. Derived architecture: --architecture={architecture}, "
                   f"held since step {since}.")
     except FileNotFoundError as error:

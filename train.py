@@ -351,11 +351,11 @@ def write_pi(trainer, run_dir, writer, step):
     return pi
 
 
-def log_derived_architecture(log, model, run_dir, step):
-    """Logs the architecture the search derives now and the step since which it has, to tell when it settled."""
+def log_derived_architecture(log, pi, run_dir, step):
+    """Logs the architecture the search derives from pi now and the step since which it has, to tell when it settled."""
     path = run_dir / plot_arch.PI_HISTORY_FILE
     history = plot_arch.read_history(run_dir) if path.is_file() else []
-    architecture, since = plot_arch.held_since(history + [dict(step=step, pi=model.arch_probabilities().tolist())])
+    architecture, since = plot_arch.held_since(history + [dict(step=step, pi=pi.tolist())])
     log.info("step %d derived architecture: --architecture=%s, held since step %d.", step, architecture, since)
 
 
@@ -441,9 +441,10 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
             for key, value in results.items():
                 tf.summary.scalar(key, value)
             if model.arch_variables and chief:
-                png = plot_arch.render_pi(model.arch_probabilities(), f"step {step}")
+                pi = model.arch_probabilities()
+                png = plot_arch.render_pi(pi, f"step {step}")
                 tf.summary.image("pi", tf.image.decode_png(png)[None])
-                log_derived_architecture(log, model, run_dir, step)  # From the chief's pi history.
+                log_derived_architecture(log, pi, run_dir, step)  # From the chief's pi history.
         return results
 
     step = int(trainer.step.numpy())

@@ -14,7 +14,7 @@ def test_gif_has_one_frame_per_record_and_derives_the_architecture(tmp_path):
     final = [[0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [0.3, 0.6, 0.1], [0.45, 0.1, 0.45001]]  # A, I, D, then I by a hair.
     records.append(dict(step=700, tau=0.1, pi=final))
     (tmp_path / plot_arch.PI_HISTORY_FILE).write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    architecture = plot_arch.plot_history(tmp_path)
+    architecture, _ = plot_arch.plot_history(tmp_path)
     assert architecture == "AIDI"
     with Image.open(tmp_path / "pi.gif") as gif:
         assert gif.n_frames == len(records)
