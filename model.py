@@ -11,8 +11,8 @@ FLOP counts.
 
 Layout: activations are batch-major [B, T, D]: batch, the T positions of the current segment,
 d_model. Attention looks at K = M + T key positions, the M = mem_len positions of memory before
-the segment's own T, with H heads of width d_head (N in einsum strings). Memory is explicit state:
-`call(tokens, memory) -> (hidden, new_memory)`.
+the segment's own T, with H heads of width d_head (N in einsum strings); inside it, heads come
+first ([H, B, T, N]). Memory is explicit state: `call(tokens, memory) -> (hidden, new_memory)`.
 """
 import dataclasses
 import functools
@@ -141,17 +141,17 @@ def sinusoidal_encoding(distances, d_model):
 def relative_shift(scores):
     """Re-indexes position scores from distance order to key order, for T queries after M memory keys.
 
-    [B, H, T, K] in, column c scoring distance K-1-c; [B, H, T, K] out, column j scoring key j,
+    [H, B, T, K] in, column c scoring distance K-1-c; [H, B, T, K] out, column j scoring key j,
     i.e. distance M + t - j for query t. The Transformer-XL trick: pad a zero column on the left,
     view each [T, K+1] block as [K+1, T], drop its first row and view the rest as [T, K], which
     shifts row t left by T-1-t. Columns j > M + t (future keys) get wrapped values: the causal
     mask removes them. It holds for any T <= K, so with or without memory. tf.slice, not
     indexing: the gradient of a strided slice costs 3x the whole shift on CPU.
     """
-    batch, heads, queries, keys = shape_list(scores)
-    padded = tf.pad(scores, [[0, 0], [0, 0], [0, 0], [1, 0]])  # [B, H, T, K+1]
-    padded = tf.reshape(padded, [batch, heads, keys + 1, queries])  # [B, H, K+1, T]
-    return tf.reshape(tf.slice(padded, [0, 0, 1, 0], [-1, -1, -1, -1]), [batch, heads, queries, keys])  # [B, H, T, K]
+    heads, batch, queries, keys = shape_list(scores)
+    padded = tf.pad(scores, [[0, 0], [0, 0], [0, 0], [1, 0]])  # [H, B, T, K+1]
+    padded = tf.reshape(padded, [heads, batch, keys + 1, queries])  # [H, B, K+1, T]
+    return tf.reshape(tf.slice(padded, [0, 0, 1, 0], [-1, -1, -1, -1]), [heads, batch, queries, keys])  # [H, B, T, K]
 
 
 @keras.saving.register_keras_serializable(package="par")
@@ -192,23 +192,28 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
         (int32 scalar) are real and the first M - valid_length not yet filled -> [B, T, D]."""
         memory = tf.stop_gradient(memory)  # The previous segment is context, not trained through.
         num_memory = shape_list(memory)[1]
-        num_queries = shape_list(x)[1]
+        batch, num_queries = shape_list(x)[:2]
         context = tf.concat([memory, x], axis=1)  # [B, K, D]
         num_keys = shape_list(context)[1]
 
-        query = tf.einsum("btd,dhn->bthn", x, self.query_kernel)  # [B, T, H, N]
-        key = tf.einsum("bkd,dhn->bkhn", context, self.key_kernel)  # [B, K, H, N]
-        value = tf.einsum("bkd,dhn->bkhn", context, self.value_kernel)  # [B, K, H, N]
+        # Heads first, [H, B, ., N]: the score and value products are then batched matmuls whose
+        # gradients need no transposes (forward and backward about 1.2x faster than batch-major
+        # einsums on CPU), and the position scores are one [B*T, K] product per head.
+        query = tf.einsum("btd,dhn->hbtn", x, self.query_kernel)  # [H, B, T, N]
+        key = tf.einsum("bkd,dhn->hbkn", context, self.key_kernel)  # [H, B, K, N]
+        value = tf.einsum("bkd,dhn->hbkn", context, self.value_kernel)  # [H, B, K, N]
 
         distances = tf.range(num_keys - 1, -1, -1, dtype=tf.float32)  # [K]: K-1 down to 0
         if self.clamp_len > 0:
             distances = tf.minimum(distances, float(self.clamp_len))
         encodings = tf.cast(sinusoidal_encoding(distances, x.shape[-1]), self.compute_dtype)  # [K, D]
-        position_keys = tf.einsum("kd,dhn->khn", encodings, self.position_kernel)  # [K, H, N]
+        position_keys = tf.einsum("kd,dhn->hkn", encodings, self.position_kernel)  # [H, K, N]
 
-        content_scores = tf.einsum("bthn,bkhn->bhtk", query + self.content_bias, key)  # [B, H, T, K]
-        position_scores = tf.einsum("bthn,khn->bhtk", query + self.position_bias, position_keys)  # by distance
-        position_scores = relative_shift(position_scores)  # [B, H, T, K] by key
+        content_scores = tf.matmul(query + self.content_bias[:, None, None], key, transpose_b=True)  # [H, B, T, K]
+        position_queries = tf.reshape(query + self.position_bias[:, None, None], [self.num_heads, -1, self.d_head])
+        position_scores = tf.matmul(position_queries, position_keys, transpose_b=True)  # [H, B*T, K] by distance
+        position_scores = tf.reshape(position_scores, [self.num_heads, batch, num_queries, num_keys])
+        position_scores = relative_shift(position_scores)  # [H, B, T, K] by key
         scores = (tf.cast(content_scores, tf.float32) + tf.cast(position_scores, tf.float32)) / math.sqrt(self.d_head)
 
         key_index = tf.range(num_keys)[None, :]  # [1, K]
@@ -216,11 +221,11 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
         visible = (key_index <= query_index) & (key_index >= num_memory - valid_length)  # [T, K]
         # A finite float32 fill: exp underflows to exactly 0, and no row is fully masked (a query sees itself).
         scores = tf.where(visible, scores, tf.constant(-1e9, tf.float32))
-        weights = tf.cast(tf.nn.softmax(scores, axis=-1), self.compute_dtype)  # [B, H, T, K]
+        weights = tf.cast(tf.nn.softmax(scores, axis=-1), self.compute_dtype)  # [H, B, T, K]
         weights = self.dropout(weights, training=training)
 
-        attended = tf.einsum("bhtk,bkhn->bthn", weights, value)  # [B, T, H, N]
-        return tf.einsum("bthn,hnd->btd", attended, self.output_kernel)  # [B, T, D]
+        attended = tf.matmul(weights, value)  # [H, B, T, N]
+        return tf.einsum("hbtn,hnd->btd", attended, self.output_kernel)  # [B, T, D]
 
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "d_head": self.d_head,
