@@ -10,9 +10,9 @@ Perplexity is exp(total NLL / total scored tokens) over a whole split, never a m
 perplexities; word-level perplexity divides the same total NLL by the split's word count. The
 memory is carried through the split from empty, as in training.
 """
-import functools
 import json
 import math
+import weakref
 
 import tensorflow as tf
 from absl import app, flags
@@ -22,13 +22,22 @@ import runs
 from devices import use_xla
 
 
-@functools.lru_cache(maxsize=None)
+_evaluation_steps = weakref.WeakKeyDictionary()  # model -> {(eval_mode, jit_compile): step}; dies with the model.
+
+
 def evaluation_step(model, eval_mode, jit_compile):
     """A compiled step returning (NLL summed over scored tokens, their count, new memory).
 
-    Cached per model, eval_mode and jit_compile, so each compiles once per run.
+    Kept per model, eval_mode and jit_compile, so each compiles once per run, and freed with the
+    model: the step reaches the model through a weak proxy, so the cache does not keep it alive.
     """
+    steps = _evaluation_steps.setdefault(model, {})
+    if (eval_mode, jit_compile) not in steps:
+        steps[eval_mode, jit_compile] = _compile_evaluation_step(weakref.proxy(model), eval_mode, jit_compile)
+    return steps[eval_mode, jit_compile]
 
+
+def _compile_evaluation_step(model, eval_mode, jit_compile):
     def step(inputs, targets, memory):
         nll, new_memory = model.token_nll(inputs, targets, memory, training=False, eval_mode=eval_mode,
                                           gather_rows=not jit_compile)

@@ -1,9 +1,12 @@
 """evaluate.py and generate.py: data tokenized unlike the model's, a damaged export and bad flags each fail with one line;
-runs.py still loads the config.json of runs made before fields were retired or added."""
+runs.py still loads the config.json of runs made before fields were retired or added; the cached
+evaluation step does not outlive its model."""
+import gc
 import json
 import shutil
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -11,10 +14,11 @@ import tensorflow as tf
 
 import build_data
 import data_utils
+import evaluate
 import runs
 import train
 from conftest import REPO_ROOT, write_corpus
-from model import ModelConfig
+from model import ModelConfig, TransformerXL
 
 SMALL_SETTINGS = dict(vocab_size=40, batch_size=4, seq_len=8)
 
@@ -124,3 +128,18 @@ def test_a_config_written_before_fields_were_retired_or_added_still_loads_and_re
     (old_run / "config.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="model.pad_id=3"):
         runs.load_model(old_run / "checkpoints" / "ckpt-1")
+
+
+def test_the_evaluation_step_compiles_once_per_model_and_dies_with_it():
+    model = TransformerXL(ModelConfig(vocab_size=40, d_model=16, num_heads=2, d_ffn=32, num_layers=2, mem_len=4,
+                                      cutoffs=(10,)))
+    model.build((2, 8))
+    step = evaluate.evaluation_step(model, "mix", False)
+    tokens = tf.ones([2, 8], tf.int32)
+    nll, scored, _ = step(tokens, tokens, model.initial_memory(2))
+    assert scored == 16 and nll > 0
+    assert evaluate.evaluation_step(model, "mix", False) is step
+    alive = weakref.ref(model)
+    del model, step
+    gc.collect()
+    assert alive() is None
