@@ -11,8 +11,8 @@ FLOP counts.
 
 Layout: activations are batch-major [B, T, D]: batch, the T positions of the current segment,
 d_model. Attention looks at K = M + T key positions, the M = mem_len positions of memory before
-the segment's own T, with H heads of width d_head (N in einsum strings); inside it, heads come
-first ([H, B, T, N]). Memory is explicit state: `call(tokens, memory) -> (hidden, new_memory)`.
+the segment's own T, with H heads of width d_head (N in einsum strings); inside attention, heads
+come first ([H, B, T, N]). Memory is explicit state: `call(tokens, memory) -> (hidden, new_memory)`.
 """
 import dataclasses
 import functools
@@ -197,8 +197,8 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
         num_keys = shape_list(context)[1]
 
         # Heads first, [H, B, ., N]: the score and value products are then batched matmuls whose
-        # gradients need no transposes (forward and backward about 1.2x faster than batch-major
-        # einsums on CPU), and the position scores are one [B*T, K] product per head.
+        # gradients need no transposes (alone, forward and backward, about 1.2x faster than
+        # batch-major einsums on CPU), and the position scores are one [B*T, K] product per head.
         query = tf.einsum("btd,dhn->hbtn", x, self.query_kernel)  # [H, B, T, N]
         key = tf.einsum("bkd,dhn->hbkn", context, self.key_kernel)  # [H, B, K, N]
         value = tf.einsum("bkd,dhn->hbkn", context, self.value_kernel)  # [H, B, K, N]
