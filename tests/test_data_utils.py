@@ -74,6 +74,18 @@ def test_sharded_round_trip_equals_unsharded(tmp_path, num_shards):
     np.testing.assert_array_equal(sharded, windows)
 
 
+def test_training_batches_are_the_windows_split_into_inputs_and_targets_without_autotuning(tmp_path):
+    stream = np.random.default_rng(0).integers(1, 100, 4 * (5 * 9 + 1))
+    data_utils.write_stream_dataset(tmp_path, stream, 100, 4, 9)
+    dataset = data_utils.make_dataset(tmp_path, "train")
+    windows = naive_context_batch(stream, 4, 9)
+    batches = list(dataset.as_numpy_iterator())
+    np.testing.assert_array_equal([inputs for inputs, _ in batches], windows[:, :, :-1])
+    np.testing.assert_array_equal([targets for _, targets in batches], windows[:, :, 1:])
+    # Autotuning's thread held up each epoch's end (make_dataset's docstring).
+    assert dataset.options().autotune.enabled is False
+
+
 def test_shard_ranges_cover_every_batch_once_in_order():
     for num_batches in (1, 5, 17, 100):
         for num_shards in range(1, num_batches + 1):
