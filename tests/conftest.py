@@ -13,6 +13,9 @@ sys.path.insert(0, str(REPO_ROOT))
 # CI places the shared folder beside the checkout; tests that need the real corpus skip without it.
 SHARED_WIKITEXT2 = REPO_ROOT.parent / "shared" / "data" / "wikitext-2"
 
+# A model small enough for any test: the tests pass a vocab_size and cutoffs that suit their data.
+TINY_MODEL = dict(d_model=16, num_heads=2, d_ffn=32, num_layers=3, mem_len=4)
+
 WORDS = "the of and in to a was is for on as with by he at from his an were are".split()
 
 

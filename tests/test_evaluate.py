@@ -17,7 +17,7 @@ import data_utils
 import evaluate
 import runs
 import train
-from conftest import REPO_ROOT, write_corpus
+from conftest import REPO_ROOT, TINY_MODEL, write_corpus
 from model import ModelConfig, TransformerXL
 
 SMALL_SETTINGS = dict(vocab_size=40, batch_size=4, seq_len=8)
@@ -26,8 +26,7 @@ SMALL_SETTINGS = dict(vocab_size=40, batch_size=4, seq_len=8)
 def make_run(root, data_dir):
     """A run directory on `data_dir` with its config.json, a checkpoint and an export of untrained weights."""
     metadata = data_utils.load_metadata(data_dir)
-    model_config = ModelConfig(vocab_size=metadata["vocab_size"], cutoffs=(), d_model=16, num_heads=2, d_ffn=32,
-                               num_layers=2, mem_len=4)
+    model_config = ModelConfig(vocab_size=metadata["vocab_size"], cutoffs=(), **TINY_MODEL)
     run_dir = root / "run"
     run_dir.mkdir()
     runs.check_or_save_config(run_dir, runs.config_record(model_config, train.TrainConfig(), data_dir, metadata))
@@ -131,8 +130,7 @@ def test_a_config_written_before_fields_were_retired_or_added_still_loads_and_re
 
 
 def test_the_evaluation_step_compiles_once_per_model_and_dies_with_it():
-    model = TransformerXL(ModelConfig(vocab_size=40, d_model=16, num_heads=2, d_ffn=32, num_layers=2, mem_len=4,
-                                      cutoffs=(10,)))
+    model = TransformerXL(ModelConfig(vocab_size=40, cutoffs=(10,), **TINY_MODEL))
     model.build((2, 8))
     step = evaluate.evaluation_step(model, "mix", False)
     tokens = tf.ones([2, 8], tf.int32)

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import TINY_MODEL
 from model import (AttentionBlock, DenseBlock, Dropout, IdentityBlock, ModelConfig, RelativeMultiHeadAttention,
                    StochasticBlock, TransformerXL, count_parameters, flops_per_token)
 
-TINY = dict(vocab_size=50, d_model=16, num_heads=2, d_ffn=32, num_layers=3, mem_len=4, cutoffs=(20, 35))
+TINY = dict(vocab_size=50, cutoffs=(20, 35), **TINY_MODEL)
 
 
 def tiny_model(**overrides):

@@ -27,10 +27,9 @@ import devices
 import runs
 import train
 from adaptive_softmax import tail_shares
-from conftest import REPO_ROOT, write_corpus
+from conftest import REPO_ROOT, TINY_MODEL, write_corpus
 from model import ModelConfig
 
-TINY_MODEL = dict(d_model=16, num_heads=2, d_ffn=32, num_layers=3, mem_len=4, dropout_rate=0.1)
 TINY_FLAGS = ["--d_model=16", "--num_heads=2", "--d_ffn=32", "--num_layers=3", "--mem_len=4", "--cutoffs=10,20"]
 
 
