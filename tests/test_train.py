@@ -30,7 +30,7 @@ from adaptive_softmax import tail_shares
 from conftest import REPO_ROOT, TINY_MODEL, write_corpus
 from model import ModelConfig
 
-TINY_FLAGS = ["--d_model=16", "--num_heads=2", "--d_ffn=32", "--num_layers=3", "--mem_len=4", "--cutoffs=10,20"]
+TINY_FLAGS = [f"--{name}={value}" for name, value in TINY_MODEL.items()] + ["--cutoffs=10,20"]  # cutoffs last.
 
 
 def test_loss_falls_near_zero_on_a_repeating_pattern(tmp_path):
