@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from conftest import TINY_MODEL
 from model import (AttentionBlock, DenseBlock, Dropout, IdentityBlock, ModelConfig, RelativeMultiHeadAttention,
-                   StochasticBlock, TransformerXL, count_parameters, flops_per_token)
+                   ReLUDropout, StochasticBlock, TransformerXL, count_parameters, flops_per_token)
 
 TINY = dict(vocab_size=50, cutoffs=(20, 35), **TINY_MODEL)
 
@@ -326,6 +326,40 @@ def test_dropout_keeps_the_expected_fraction_and_rescales(rate):
     np.testing.assert_allclose(outputs[kept], 1 / (1 - rate), rtol=1e-6)
     assert not np.array_equal(layer(tf.ones([200, 500]), training=True).numpy() != 0, kept)  # A new mask each call.
     np.testing.assert_array_equal(layer(tf.ones([3, 5]), training=False), np.ones([3, 5]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_relu_dropout_equals_relu_then_dropout_in_value_and_gradient(dtype):
+    # Equal seeds draw equal masks, so the fused layer must match the two steps it replaces.
+    fused, dropout = ReLUDropout(0.3, seed=7, dtype=dtype), Dropout(0.3, seed=7, dtype=dtype)
+    x = tf.cast(tf.random.stateless_normal([6, 40, 50], seed=[1, 2]), dtype)  # Half of it negative.
+    upstream = tf.cast(tf.random.stateless_normal([6, 40, 50], seed=[3, 4]), dtype)
+
+    def value_and_gradient(function):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = function(x)
+        return y, tape.gradient(y, x, output_gradients=upstream)
+
+    y_fused, dx_fused = value_and_gradient(lambda x: fused(x, training=True))
+    y_steps, dx_steps = value_and_gradient(lambda x: dropout(tf.nn.relu(x), training=True))
+    tolerance = 1e-6 if dtype == "float32" else 1e-2
+    np.testing.assert_allclose(tf.cast(y_fused, tf.float32), tf.cast(y_steps, tf.float32), rtol=tolerance)
+    np.testing.assert_allclose(tf.cast(dx_fused, tf.float32), tf.cast(dx_steps, tf.float32), rtol=tolerance)
+    dropped = (y_steps.numpy() == 0) & (x.numpy() > 0)
+    assert 0.25 < dropped.sum() / (x.numpy() > 0).sum() < 0.35  # The rate applies to the positive part.
+    np.testing.assert_array_equal(fused(x, training=False), tf.nn.relu(x))
+
+
+def test_dense_block_is_the_feed_forward_network_written_out():
+    block = DenseBlock(6, 20, dropout_rate=0.4)
+    x = np.random.default_rng(0).normal(size=(2, 3, 6)).astype(np.float32)
+    block.build(x.shape)
+    w1, b1, w2, b2 = (np.asarray(w, np.float64) for w in (block.inner.kernel, block.inner.bias,
+                                                           block.outer.kernel, block.outer.bias))
+    summed = x + np.maximum(x @ w1 + b1, 0) @ w2 + b2
+    expected = (summed - summed.mean(-1, keepdims=True)) / np.sqrt(summed.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(block(x, training=False), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
