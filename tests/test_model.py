@@ -3,12 +3,13 @@ import dataclasses
 import json
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import TINY_MODEL
-from model import (AttentionBlock, DenseBlock, Dropout, IdentityBlock, ModelConfig, RelativeMultiHeadAttention,
+from model import (AttentionBlock, DenseBlock, Dropout, IdentityBlock, LayerNorm, ModelConfig, RelativeMultiHeadAttention,
                    ReLUDropout, StochasticBlock, TransformerXL, count_parameters, flops_per_token)
 
 TINY = dict(vocab_size=50, cutoffs=(20, 35), **TINY_MODEL)
@@ -349,6 +350,28 @@ def test_relu_dropout_equals_relu_then_dropout_in_value_and_gradient(dtype):
     dropped = (y_steps.numpy() == 0) & (x.numpy() > 0)
     assert 0.25 < dropped.sum() / (x.numpy() > 0).sum() < 0.35  # The rate applies to the positive part.
     np.testing.assert_array_equal(fused(x, training=False), tf.nn.relu(x))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_layer_norm_equals_keras_in_value_and_gradients(dtype):
+    ours, keras_norm = LayerNorm(epsilon=1e-5, dtype=dtype), keras.layers.LayerNormalization(epsilon=1e-5, dtype=dtype)
+    x = tf.random.stateless_normal([4, 7, 32], seed=[5, 6]) * 3.0 + 1.0
+    for layer in (ours, keras_norm):
+        layer.build(x.shape)
+        layer.gamma.assign(tf.random.stateless_normal([32], seed=[7, 8]))
+        layer.beta.assign(tf.random.stateless_normal([32], seed=[9, 10]))
+    x = tf.cast(x, ours.compute_dtype)
+    upstream = tf.random.stateless_normal([4, 7, 32], seed=[11, 12])
+
+    def value_and_gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.cast(layer(x), tf.float32)
+        return [y, *tape.gradient(y, [x, layer.gamma, layer.beta], output_gradients=upstream)]
+
+    tolerance = 1e-5 if dtype == "float32" else 2e-2
+    for got, want in zip(value_and_gradients(ours), value_and_gradients(keras_norm)):
+        np.testing.assert_allclose(tf.cast(got, tf.float32), tf.cast(want, tf.float32), rtol=tolerance, atol=tolerance)
 
 
 def test_dense_block_is_the_feed_forward_network_written_out():
