@@ -130,20 +130,19 @@ class Dropout(keras.layers.Dropout):
         return tf.constant(1.0 / (1.0 - self.rate), dtype)
 
 
-class ReLUDropout(Dropout):
-    """ReLU, then dropout, as one select: where(keep and x > 0, x / (1 - rate), 0).
+class UnscaledReLUDropout(Dropout):
+    """ReLU, then dropout without its 1 / (1 - rate) scale, in one select: where(keep and x > 0, x, 0).
 
-    The dense block's inner activations ([B, T, d_ffn]) are its largest tensors. Folding the ReLU
-    into the dropout's mask saves the ReLU's pass over them forward and its gradient's backward,
-    for the same function and the same gradient (0 where x <= 0, as TensorFlow's ReLU). Not
-    training, it is a plain ReLU.
+    For the dense block's inner activations ([B, T, d_ffn]), its largest tensors. Folding the ReLU
+    into the mask saves the ReLU's pass over them forward and its gradient's backward, for the same
+    function and gradient (0 where x <= 0, as TensorFlow's ReLU). The caller applies keep_scale to
+    a narrower tensor downstream, which saves a multiply over them each way. Not training, a ReLU.
     """
 
     def call(self, inputs, training=False):
         if not training or self.rate == 0:
             return tf.nn.relu(inputs)
-        passes = self.keep_mask(inputs) & (inputs > 0)
-        return tf.where(passes, inputs * self.keep_scale(inputs.dtype), tf.zeros([], inputs.dtype))
+        return tf.where(self.keep_mask(inputs) & (inputs > 0), inputs, tf.zeros([], inputs.dtype))
 
 
 @tf.custom_gradient
@@ -342,7 +341,8 @@ class DenseBlock(keras.layers.Layer):
         self.dropout_rate = dropout_rate
         self.pre_norm = pre_norm
         self.inner = keras.layers.Dense(d_ffn, kernel_initializer=initializer(), dtype=self.dtype_policy)
-        self.inner_dropout = ReLUDropout(dropout_rate, dtype=self.dtype_policy)  # The ReLU, then dropout.
+        self.inner_dropout = UnscaledReLUDropout(dropout_rate, dtype=self.dtype_policy)  # The ReLU, then dropout.
+        # Holds W2 and b2; call applies them itself (_outer_of_scaled).
         self.outer = keras.layers.Dense(d_model, kernel_initializer=initializer(), dtype=self.dtype_policy)
         self.dropout = Dropout(dropout_rate, dtype=self.dtype_policy)
         self.norm = LayerNorm(epsilon=1e-5, dtype=self.dtype_policy)
@@ -355,9 +355,18 @@ class DenseBlock(keras.layers.Layer):
     def call(self, x, memory=None, valid_length=None, training=None):
         """x [B, T, D] -> [B, T, D]; memory and valid_length are ignored."""
         inputs = self.norm(x) if self.pre_norm else x
-        hidden = self.inner_dropout(self.inner(inputs), training=training)  # [B, T, F]
-        outputs = x + self.dropout(self.outer(hidden), training=training)
+        hidden = self.inner_dropout(self.inner(inputs), training=training)  # [B, T, F], kept values unscaled
+        outputs = x + self.dropout(self._outer_of_scaled(hidden, training), training=training)
         return outputs if self.pre_norm else self.norm(outputs)
+
+    def _outer_of_scaled(self, hidden, training):
+        """outer(hidden / (1 - rate)) when training, else outer(hidden): the inner dropout's scale
+        lands on the [B, T, D] product, not on the d_ffn / d_model times larger hidden."""
+        kernel, bias = (tf.cast(weight, self.compute_dtype) for weight in (self.outer.kernel, self.outer.bias))
+        product = tf.tensordot(hidden, kernel, 1)
+        if training and self.dropout_rate:
+            product *= self.inner_dropout.keep_scale(product.dtype)
+        return product + bias
 
     def get_config(self):
         return {**super().get_config(), "d_model": self.d_model, "d_ffn": self.d_ffn,

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from conftest import TINY_MODEL
 from model import (AttentionBlock, DenseBlock, Dropout, IdentityBlock, LayerNorm, ModelConfig, RelativeMultiHeadAttention,
-                   ReLUDropout, StochasticBlock, TransformerXL, count_parameters, flops_per_token)
+                   StochasticBlock, TransformerXL, UnscaledReLUDropout, count_parameters, flops_per_token)
 
 TINY = dict(vocab_size=50, cutoffs=(20, 35), **TINY_MODEL)
 
@@ -330,9 +330,9 @@ def test_dropout_keeps_the_expected_fraction_and_rescales(rate):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_relu_dropout_equals_relu_then_dropout_in_value_and_gradient(dtype):
+def test_unscaled_relu_dropout_then_its_scale_equals_relu_then_dropout_in_value_and_gradient(dtype):
     # Equal seeds draw equal masks, so the fused layer must match the two steps it replaces.
-    fused, dropout = ReLUDropout(0.3, seed=7, dtype=dtype), Dropout(0.3, seed=7, dtype=dtype)
+    fused, dropout = UnscaledReLUDropout(0.3, seed=7, dtype=dtype), Dropout(0.3, seed=7, dtype=dtype)
     x = tf.cast(tf.random.stateless_normal([6, 40, 50], seed=[1, 2]), dtype)  # Half of it negative.
     upstream = tf.cast(tf.random.stateless_normal([6, 40, 50], seed=[3, 4]), dtype)
 
@@ -342,7 +342,7 @@ def test_relu_dropout_equals_relu_then_dropout_in_value_and_gradient(dtype):
             y = function(x)
         return y, tape.gradient(y, x, output_gradients=upstream)
 
-    y_fused, dx_fused = value_and_gradient(lambda x: fused(x, training=True))
+    y_fused, dx_fused = value_and_gradient(lambda x: fused(x, training=True) * fused.keep_scale(x.dtype))
     y_steps, dx_steps = value_and_gradient(lambda x: dropout(tf.nn.relu(x), training=True))
     tolerance = 1e-6 if dtype == "float32" else 1e-2
     np.testing.assert_allclose(tf.cast(y_fused, tf.float32), tf.cast(y_steps, tf.float32), rtol=tolerance)
@@ -383,6 +383,32 @@ def test_dense_block_is_the_feed_forward_network_written_out():
     summed = x + np.maximum(x @ w1 + b1, 0) @ w2 + b2
     expected = (summed - summed.mean(-1, keepdims=True)) / np.sqrt(summed.var(-1, keepdims=True) + 1e-5)
     np.testing.assert_allclose(block(x, training=False), expected, atol=1e-5)
+
+
+def test_dense_block_in_training_is_dropout_relu_and_layers_written_out():
+    block = DenseBlock(6, 20, dropout_rate=0.4)
+    x = tf.random.stateless_normal([2, 3, 6], seed=[1, 2])
+    block.build(x.shape)
+    # Reference dropouts with the block's seed states draw the block's masks.
+    inner_dropout, outer_dropout = Dropout(0.4), Dropout(0.4)
+    inner_dropout.seed_generator.state.assign(block.inner_dropout.seed_generator.state)
+    outer_dropout.seed_generator.state.assign(block.dropout.seed_generator.state)
+    w1, b1, w2, b2 = block.inner.kernel, block.inner.bias, block.outer.kernel, block.outer.bias
+
+    def written_out(x):
+        hidden = inner_dropout(tf.nn.relu(tf.tensordot(x, w1, 1) + b1), training=True)
+        summed = x + outer_dropout(tf.tensordot(hidden, w2, 1) + b2, training=True)
+        mean, variance = tf.nn.moments(summed, axes=[-1], keepdims=True)
+        return (summed - mean) / tf.sqrt(variance + 1e-5)
+
+    results = []
+    for function in (lambda x: block(x, training=True), written_out):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = function(x) * tf.range(1.0, 7.0)
+        results.append([y, *tape.gradient(y, [x, w1, b1, w2, b2])])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
