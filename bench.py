@@ -103,11 +103,11 @@ def step_runs(model_config, train_config, data_dir, batch_size, strategy, shares
                             tail_shares=shares)
     batches = iter(data_utils.make_dataset(data_dir, "train").repeat())
     model = trainer.model
-    eval_step = evaluate.evaluation_step(model, "mix", devices.use_xla(train_config.jit_compile))
-    memory = [model.initial_memory(batch_size)]
+    eval_step = evaluate.evaluation_step(model, ("mix",), devices.use_xla(train_config.jit_compile))
+    memories = [model.initial_memory(batch_size)]
 
     def evaluate_once():
-        nll, _, memory[0] = eval_step(*next(batches), memory[0])
+        (nll,), _, memories[:] = eval_step(*next(batches), memories)
         nll.numpy()
 
     return (lambda: trainer.train_step(*next(batches)).numpy()), evaluate_once

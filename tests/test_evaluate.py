@@ -1,6 +1,6 @@
 """evaluate.py and generate.py: data tokenized unlike the model's, a damaged export and bad flags each fail with one line;
 runs.py still loads the config.json of runs made before fields were retired or added; the cached
-evaluation step does not outlive its model."""
+evaluation step does not outlive its model; both validations in one pass score as each alone."""
 import gc
 import json
 import shutil
@@ -132,12 +132,27 @@ def test_a_config_written_before_fields_were_retired_or_added_still_loads_and_re
 def test_the_evaluation_step_compiles_once_per_model_and_dies_with_it():
     model = TransformerXL(ModelConfig(vocab_size=40, cutoffs=(10,), **TINY_MODEL))
     model.build((2, 8))
-    step = evaluate.evaluation_step(model, "mix", False)
+    step = evaluate.evaluation_step(model, ("mix",), False)
     tokens = tf.ones([2, 8], tf.int32)
-    nll, scored, _ = step(tokens, tokens, model.initial_memory(2))
+    (nll,), scored, _ = step(tokens, tokens, [model.initial_memory(2)])
     assert scored == 16 and nll > 0
-    assert evaluate.evaluation_step(model, "mix", False) is step
+    assert evaluate.evaluation_step(model, ("mix",), False) is step
     alive = weakref.ref(model)
     del model, step
     gc.collect()
     assert alive() is None
+
+
+def test_both_validations_in_one_pass_equal_each_mode_scored_alone():
+    model = TransformerXL(ModelConfig(vocab_size=40, cutoffs=(10,), **TINY_MODEL))
+    model.build((2, 8))
+    for block, logits in zip(model.blocks, ([0.0, 1.0, 0.0], [1.0, 0.0, 0.5], [0.0, 0.0, 1.0])):
+        block.arch_logits.assign(logits)  # The argmax architecture "DAI" differs from the pi mixture.
+    tokens = np.random.default_rng(0).integers(1, 40, (4, 2, 9))
+    dataset = tf.data.Dataset.from_tensor_slices((tokens[:, :, :-1], tokens[:, :, 1:]))  # 4 batches of [2, 8].
+    both = evaluate.evaluate_both_ways(model, dataset, words=50, batch_size=2, jit_compile="off", max_batches=0)
+    for mode, prefix in (("mix", ""), ("argmax", "argmax_")):
+        alone = evaluate.evaluate(model, dataset, 50, 2, "off", eval_mode=mode)
+        for key, value in alone.items():
+            assert both[prefix + key] == pytest.approx(value, rel=1e-9)
+    assert both["argmax_loss"] != both["loss"]  # Two different models were scored, not one twice.
