@@ -17,46 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-
-def tail_projection_dims(d_model, num_tails, proj_factor=4, proj_dims=None):
-    """Each tail's projection width: explicit `proj_dims`, or d_model // proj_factor**i for tail i = 1, 2, ..."""
-    if proj_dims is not None:
-        if len(proj_dims) != num_tails or any(d < 1 for d in proj_dims):
-            raise ValueError(f"proj_dims={list(proj_dims)} must give one positive width per tail cluster ({num_tails}).")
-        return list(proj_dims)
-    return [max(1, d_model // proj_factor**i) for i in range(1, num_tails + 1)]
-
-
-def check_cutoffs(cutoffs, vocab_size):
-    """Cutoffs come without the vocab size: strictly increasing ids in (0, vocab_size)."""
-    given, cutoffs = tuple(cutoffs), list(cutoffs)
-    for previous, cutoff in zip([0] + cutoffs, cutoffs):
-        if not previous < cutoff < vocab_size:
-            raise ValueError(f"cutoffs={given}: {cutoff} is not strictly between {previous} and "
-                             f"vocab_size={vocab_size}; give strictly increasing ids, without the vocab size.")
-    return cutoffs
-
-
-def tail_shares(unigram, cutoffs):
-    """The probability of each tail cluster under `unigram` (probabilities in id order): the share
-    of tokens whose label lies in it, for AdaptiveSoftmax.multiply_adds."""
-    bounds = list(cutoffs) + [len(unigram)]
-    return [float(np.sum(unigram[start:stop])) for start, stop in zip(bounds[:-1], bounds[1:])]
-
-
-def head_multiply_adds(d_model, head_size, min_cost=0):
-    """Multiply-adds per token of the head's [d_model, head_size] matmul: the shortlist and one logit per tail.
-
-    min_cost: columns below which a matmul gets no cheaper (Grave et al.'s GPU saturation constant,
-    optimal_cuts.py's --min_cost); 0 counts plain multiply-adds. head_size may be an array of sizes.
-    """
-    return d_model * np.maximum(min_cost, head_size)
-
-
-def tail_multiply_adds(d_model, width, size, min_cost=0):
-    """Multiply-adds per token that runs a tail cluster of `size` ids: its [d_model, width] projection, then
-    its [width, size] logits. min_cost as in head_multiply_adds; size may be an array of sizes."""
-    return d_model * width + width * np.maximum(min_cost, size)
+from config import check_cutoffs
+from costs import tail_projection_dims
 
 
 def tail_capacities(shares, rows, headroom=1.25, minimum=8):
@@ -267,26 +229,6 @@ class AdaptiveSoftmax(keras.layers.Layer):
             tail_log_probs = tf.nn.log_softmax(self._tail_logits(hidden, *self._tail_weights(i)))
             parts.append(head[..., self.shortlist_size + i, None] + tail_log_probs)
         return tf.concat(parts, axis=-1)
-
-    @staticmethod
-    def multiply_adds(d_model, vocab_size, cutoffs=(), proj_factor=4, proj_dims=None, tail_shares=None, min_cost=0):
-        """Multiply-adds per token: the head, plus each tail cluster weighted by tail_shares.
-
-        tail_shares: the fraction of tokens whose label lies in each tail cluster, which is all the
-        training loss needs of a tail; None counts every tail for every token (what log_probs
-        computes, and call with neither gather_rows nor tail_capacities). call's tail_capacities
-        cost tail_shares = capacity / rows, in the batches that do not overflow.
-        min_cost: see head_multiply_adds; optimal_cuts.py minimises this count over the cutoffs.
-        """
-        bounds = list(cutoffs) + [vocab_size]
-        dims = tail_projection_dims(d_model, len(cutoffs), proj_factor, proj_dims)
-        shares = [1.0] * len(cutoffs) if tail_shares is None else list(tail_shares)
-        if len(shares) != len(cutoffs):
-            raise ValueError(f"tail_shares={shares} must give one share per tail cluster ({len(cutoffs)}).")
-        head = head_multiply_adds(d_model, bounds[0] + len(cutoffs), min_cost)
-        tails = sum(share * tail_multiply_adds(d_model, dim, stop - start, min_cost)
-                    for share, dim, start, stop in zip(shares, dims, bounds[:-1], bounds[1:]))
-        return float(head + tails)
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "cutoffs": self.cutoffs,

@@ -9,7 +9,7 @@ so the steps see what training sees. For each architecture and precision it time
 training step (train.Trainer) and evaluation step one step at a time after warm-up, and reports
 medians. The measurements are interleaved in rounds, the matmul peak among them, so that a slow
 spell on a shared machine slows every figure alike and the ratios between them hold. MFU is the
-analytic model FLOPs per second (model.flops_per_token, each adaptive softmax tail counted for the
+analytic model FLOPs per second (costs.flops_per_token, each adaptive softmax tail counted for the
 stream's share of tokens in it) over the dense matmul peak at the same dtype and threads.
 """
 import dataclasses
@@ -31,8 +31,8 @@ import data_utils
 import devices
 import evaluate
 import train
-from adaptive_softmax import tail_shares
-from model import flops_per_token
+from config import TrainConfig, configs_from_flags
+from costs import flops_per_token, tail_shares
 
 
 def zipf_stream(num_tokens, vocab_size, seed=0):
@@ -138,7 +138,7 @@ def device_name():
 def main(argv):
     flag_values = FLAGS
     vocab_size, batch_size, seq_len = flag_values.vocab_size, flag_values.batch_size, flag_values.seq_len
-    model_config, train_config, run_options = train.configs_from_flags(flag_values, vocab_size)
+    model_config, train_config, run_options = configs_from_flags(flag_values, vocab_size)
     devices.set_intra_op_threads(run_options.intra_op_threads)  # Before any TensorFlow op.
     precisions = ([devices.resolve_precision(train_config.precision)[0]] if flag_values["precision"].present
                   else flag_values.precisions)
@@ -150,7 +150,7 @@ def main(argv):
         strategy=run_options.strategy, replicas=strategy.num_replicas_in_sync, jit_compile=train_config.jit_compile,
         xla_train=devices.use_xla(train_config.jit_compile), batch_size=batch_size, seq_len=seq_len,
         vocab_size=vocab_size, steps=flag_values.steps, command=sys.argv, parallel_matmuls=parallel_matmuls(),
-        default_precision=devices.resolve_precision(train.TrainConfig().precision)[0],
+        default_precision=devices.resolve_precision(TrainConfig().precision)[0],
         matmul_peak_flops={}, results=[],
     )
     with tempfile.TemporaryDirectory() as data_dir:

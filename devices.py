@@ -8,6 +8,8 @@ import pathlib
 
 import tensorflow as tf
 
+from config import check_choice
+
 
 def set_intra_op_threads(threads):
     """Threads each TensorFlow op may use; must run before TensorFlow's first op.
@@ -32,22 +34,17 @@ def use_xla(jit_compile):
     after the other, XLA:CPU's bfloat16 matmuls do not use the AMX units oneDNN uses, and without
     XLA the adaptive softmax tails can score only their own tokens.
     """
-    if jit_compile not in ("on", "off", "auto"):
-        raise ValueError(f"--jit_compile {jit_compile!r}: expected on, off or auto.")
-    if jit_compile != "auto":
+    if check_choice("jit_compile", jit_compile) != "auto":
         return jit_compile == "on"
     return accelerated()
 
 
-POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}  # Every precision but auto.
 
 
 def dtype_policy(precision):
     """The Keras dtype policy of a --precision, "auto" resolved for this machine."""
-    precision = resolve_precision(precision)[0]
-    if precision not in POLICIES:
-        raise ValueError(f"--precision {precision!r}: expected auto or one of {', '.join(POLICIES)}.")
-    return POLICIES[precision]
+    return POLICIES[resolve_precision(precision)[0]]
 
 
 def native_bfloat16():
@@ -69,7 +66,7 @@ def native_bfloat16():
 
 def resolve_precision(precision):
     """--precision=auto: (bfloat16 where the hardware runs it natively, else float32, and why); others as given."""
-    if precision != "auto":
+    if check_choice("precision", precision) != "auto":
         return precision, "as given"
     native = native_bfloat16()
     return ("bfloat16", f"auto: {native}") if native else ("float32", "auto: no native bfloat16 here")
@@ -82,7 +79,7 @@ def make_strategy(name):
     One per name and process: MultiWorkerMirroredStrategy must be made before any other TensorFlow work
     (main makes it first) and train_and_evaluate then gets that same one.
     """
-    if name == "default":
+    if check_choice("strategy", name) == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
@@ -96,7 +93,6 @@ def make_strategy(name):
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"--strategy {name!r}: expected default, mirrored, multi_worker or tpu.")
 
 
 def is_chief(strategy):
@@ -112,13 +108,13 @@ def is_chief(strategy):
     return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief)
 
 
-def checkpoint_write_dir(run_dir, strategy):
-    """Where this process saves checkpoints: run_dir/checkpoints on the chief.
+def checkpoint_write_dir(run, strategy):
+    """Where this process saves checkpoints: the run's checkpoint folder on the chief.
 
     Under MultiWorkerMirroredStrategy every worker must save (saving reads the distributed variables
-    collectively), so each other worker saves into a temporary directory of its own,
-    run_dir/workertemp_<task id>/checkpoints, and deletes run_dir/workertemp_<task id> after each save.
+    collectively), so each other worker saves into a temporary folder of its own
+    (runs.Run.worker_checkpoint_dir), which it deletes after each save.
     """
     if is_chief(strategy):
-        return run_dir / "checkpoints"
-    return run_dir / f"workertemp_{strategy.cluster_resolver.task_id}" / "checkpoints"
+        return run.checkpoint_dir
+    return run.worker_checkpoint_dir(strategy.cluster_resolver.task_id)

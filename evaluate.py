@@ -17,8 +17,9 @@ import weakref
 import tensorflow as tf
 from absl import app, flags
 
+import checkpoints
 import data_utils
-import runs
+from config import CHOICES
 from devices import use_xla
 
 
@@ -101,8 +102,8 @@ def define_flags():
     flags.DEFINE_enum("split", "valid", ["valid", "test"], "Split to score.")
     flags.DEFINE_integer("mem_len", None, "Memory length at evaluation (default: the training one).", lower_bound=0)
     flags.DEFINE_string("data_dir", None, "Dataset directory (default: the one the model was trained on).")
-    flags.DEFINE_enum("eval_mode", "mix", ["mix", "argmax"], "SuperNet only: mix candidates with pi, or take each argmax.")
-    flags.DEFINE_enum("jit_compile", "auto", ["on", "off", "auto"], "Compile the evaluation step with XLA "
+    flags.DEFINE_enum("eval_mode", "mix", CHOICES["eval_mode"], "SuperNet only: mix candidates with pi, or take each argmax.")
+    flags.DEFINE_enum("jit_compile", "auto", CHOICES["jit_compile"], "Compile the evaluation step with XLA "
                       "(auto: on a GPU or TPU).")
     return flags.FLAGS
 
@@ -110,8 +111,8 @@ def define_flags():
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("Usage: python evaluate.py CHECKPOINT [--split=valid|test] [--mem_len=M]")
-    with runs.load_errors_in_one_line("evaluate.py", argv[1]):
-        model, record = runs.load_model(argv[1], mem_len=FLAGS.mem_len)
+    with checkpoints.load_errors_in_one_line("evaluate.py", argv[1]):
+        model, record = checkpoints.load_model(argv[1], mem_len=FLAGS.mem_len)
         data_dir = FLAGS.data_dir or record["data_dir"]
         data_utils.check_data_matches_model(data_dir, record)
     metadata = data_utils.load_metadata(data_dir)

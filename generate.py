@@ -11,8 +11,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+import checkpoints
 import data_utils
-import runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("prompt", "", "Text to continue (lowercased if the tokenizer lowercases).")
@@ -53,8 +53,8 @@ def sample(model, prompt_ids, length, temperature=1.0, top_k=0, top_p=1.0, seed=
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("Usage: python generate.py CHECKPOINT --prompt=TEXT [--length=N]")
-    with runs.load_errors_in_one_line("generate.py", argv[1]):
-        model, record = runs.load_model(argv[1], mem_len=FLAGS.mem_len)
+    with checkpoints.load_errors_in_one_line("generate.py", argv[1]):
+        model, record = checkpoints.load_model(argv[1], mem_len=FLAGS.mem_len)
         if (pathlib.Path(argv[1]) / data_utils.TOKENIZER_FILE).is_file():  # An export carries its tokenizer.
             tokenizer = data_utils.Tokenizer.load(argv[1])
         else:  # The training data's, unless that has been rebuilt with other settings since.

@@ -5,9 +5,9 @@ Transformer-XL (Dai et al. 2019, arXiv 1901.02860) need attention: each block of
 mixes an attention, a dense (feed-forward) and an identity candidate with a Gumbel-softmax sample
 of its learned architecture logits. A fixed architecture ("AADDDI") builds only the named blocks.
 
-The file reads in the order of the papers: the config, relative attention, the three candidate
-blocks, the stochastic block that mixes them, the model that stacks them, then its parameter and
-FLOP counts.
+The file reads in the order of the papers: relative attention, the three candidate blocks, the
+stochastic block that mixes them, the model that stacks them, then its parameter count. Its
+hyperparameters are config.ModelConfig; its FLOPs are counted in costs.py.
 
 Layout: activations are batch-major [B, T, D]: batch, the T positions of the current segment,
 d_model. Attention looks at K = M + T key positions, the M = mem_len positions of memory before
@@ -24,77 +24,9 @@ import numpy as np
 import tensorflow as tf
 
 import data_utils
-from adaptive_softmax import AdaptiveSoftmax, check_cutoffs
+from adaptive_softmax import AdaptiveSoftmax
+from config import CANDIDATES, CHOICES, ModelConfig, derived_architecture
 from gumbel import gumbel_softmax
-
-CANDIDATES = "ADI"  # Order of a stochastic block's candidates: attention, dense, identity.
-EVAL_MODES = ("mix", "argmax")
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    """Every hyperparameter of the model, named once; checked on creation."""
-
-    vocab_size: int  # Token ids 0..vocab_size-1, padding included.
-    d_model: int = 128  # Width of the residual stream (even: it holds [sin | cos] encodings).
-    num_heads: int = 4  # Number of attention heads.
-    d_head: int | None = None  # Width of each head; unset = d_model // num_heads.
-    d_ffn: int = 1024  # Inner width of the dense (feed-forward) blocks.
-    num_layers: int = 6  # Blocks; with an architecture, len(architecture).
-    mem_len: int = 16  # Positions of memory per attention block.
-    dropout_rate: float = 0.1  # Dropout on embeddings, block outputs, the FFN inner layer and the final hidden.
-    attention_dropout_rate: float = 0.0  # Dropout on attention weights.
-    cutoffs: tuple = (250, 2500)  # Adaptive softmax cluster boundaries over frequency-ranked ids; empty = full softmax.
-    proj_factor: int = 4  # Each tail cluster's projection is this factor narrower than the previous one.
-    proj_dims: tuple | None = None  # Projection width of each tail cluster, overriding proj_factor; unset = by proj_factor.
-    architecture: str | None = None  # A fixed architecture, e.g. AADDDI (attention, dense, identity); unset = the SuperNet of num_layers stochastic blocks.
-    pre_norm: bool = False  # LayerNorm before each block's sublayer (and once at the end) instead of after.
-    clamp_len: int = -1  # Distances beyond clamp_len use clamp_len's encoding; -1 = no clamping.
-    gumbel_per_example: bool = False  # One Gumbel sample per example ([B, 3]) instead of per step ([3]).
-    straight_through: bool = False  # Hard one-hot Gumbel samples forward, soft gradients backward.
-    tie_embeddings: bool = False  # The input embedding doubles as the output weights of the head's shortlist.
-
-    def __post_init__(self):
-        # JSON turns tuples into lists; a config read back must equal the one written.
-        self.cutoffs = tuple(self.cutoffs)
-        self.proj_dims = None if self.proj_dims is None else tuple(self.proj_dims)
-        if self.architecture is not None:
-            if not self.architecture or set(self.architecture) - set(CANDIDATES):
-                raise ValueError(f"architecture={self.architecture!r} must be a non-empty string of "
-                                 f"A (attention), D (dense) and I (identity), or None for the SuperNet.")
-            self.num_layers = len(self.architecture)
-        positive = ("vocab_size", "d_model", "num_heads", "d_ffn", "num_layers", "proj_factor")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
-        if self.d_model % 2:
-            raise ValueError(f"d_model={self.d_model} must be even: the relative encodings are [sin | cos] halves.")
-        if self.d_head is None and self.d_model % self.num_heads:
-            raise ValueError(f"num_heads={self.num_heads} must divide d_model={self.d_model} "
-                             f"(or set d_head explicitly).")
-        if self.d_head is not None and self.d_head < 1:
-            raise ValueError(f"d_head={self.d_head} must be at least 1, or None for d_model // num_heads.")
-        if self.mem_len < 0:
-            raise ValueError(f"mem_len={self.mem_len} must be 0 or more.")
-        for name in ("dropout_rate", "attention_dropout_rate"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1).")
-        check_cutoffs(self.cutoffs, self.vocab_size)
-        if self.proj_dims is not None and len(self.proj_dims) != len(self.cutoffs):
-            raise ValueError(f"proj_dims={self.proj_dims} must give one width per cutoff (cutoffs={self.cutoffs}).")
-        if self.clamp_len != -1 and self.clamp_len < 1:
-            raise ValueError(f"clamp_len={self.clamp_len} must be -1 (no clamping) or at least 1.")
-
-    @property
-    def head_dim(self):
-        """d_head, or d_model // num_heads when it is None."""
-        return self.d_head or self.d_model // self.num_heads
-
-    @property
-    def block_kinds(self):
-        """Per block, the candidates it builds: "ADI" for each SuperNet block, else one letter."""
-        return self.architecture or (CANDIDATES,) * self.num_layers
-
 
 def initializer():
     """Normal(0, 0.02) as Transformer-XL. A new one per weight: an unseeded Keras initializer repeats its values."""
@@ -449,11 +381,6 @@ class StochasticBlock(keras.layers.Layer):
 # The model.
 
 
-def derived_architecture(pi):
-    """pi [num_blocks, len(CANDIDATES)] -> each block's most probable candidate's letter, e.g. "AADDDI"."""
-    return "".join(CANDIDATES[i] for i in np.argmax(pi, axis=1))
-
-
 class Memory(NamedTuple):
     """Each attention-bearing block's last mem_len inputs, and how many of them are real.
 
@@ -537,8 +464,8 @@ class TransformerXL(keras.Model):
         without gradient. eval_mode, for a SuperNet not training: "mix" the candidates with pi,
         or run each block's "argmax" candidate alone.
         """
-        if eval_mode not in EVAL_MODES:
-            raise ValueError(f"eval_mode={eval_mode!r} must be one of {EVAL_MODES}.")
+        if eval_mode not in CHOICES["eval_mode"]:
+            raise ValueError(f"eval_mode={eval_mode!r} must be one of {CHOICES['eval_mode']}.")
         num_tokens = shape_list(tokens)[1]
         states = tf.cast(memory.states, self.compute_dtype)  # [L_mem, B, M, D]
         mem_len = states.shape[2]  # The memory given, which may differ from config.mem_len.
@@ -598,6 +525,25 @@ class TransformerXL(keras.Model):
         """Each block's most probable candidate, e.g. "AADDDI"."""
         return derived_architecture(self.arch_probabilities())
 
+    def summary_lines(self, batch_size, seq_len):
+        """One line per layer, in order: its name, what it holds, its output's shape and its parameters.
+
+        Keras' own summary prints "?" for every shape of a model called with a memory.
+        """
+        shape, d_model = f"[{batch_size}, {seq_len}]", self.config.d_model
+        hidden = f"[{batch_size}, {seq_len}, {d_model}]"
+        kinds = {AttentionBlock: "attention", DenseBlock: "dense", IdentityBlock: "identity"}
+        rows = [("embedding", f"{self.config.vocab_size} x {d_model}", hidden, self.embedding)]
+        for i, block in enumerate(self.blocks):
+            candidates = getattr(block, "candidates", [block])
+            rows.append((f"block {i}", " | ".join(kinds[type(c)] for c in candidates), hidden, block))
+        if self.final_norm is not None:
+            rows.append(("final layer norm", "", hidden, self.final_norm))
+        rows.append(("adaptive softmax", f"cutoffs {list(self.config.cutoffs)}", f"{shape} NLL", self.output_layer))
+        lines = [f"{name:<17} {holds:<28} {output:<16} {layer.count_params():>10,}" for name, holds, output, layer in rows]
+        total = sum(int(np.prod(variable.shape)) for variable in self.trainable_variables)
+        return [f"{'layer':<17} {'holds':<28} {'output':<16} {'parameters':>10}", *lines, f"{'total':<62} {total:>10,}"]
+
     def get_config(self):
         return {**super().get_config(), "config": dataclasses.asdict(self.config)}
 
@@ -629,30 +575,3 @@ def count_parameters(model):
         counts["layer_norm"] += size(model.final_norm.trainable_weights)
     counts["total"] = sum(counts.values())
     return counts
-
-
-def flops_per_token(config, seq_len, training=False, tail_shares=None):
-    """Analytic model FLOPs per token for segments of seq_len tokens (a multiply-add is 2 FLOPs).
-
-    Matmuls only. With D = d_model, A = num_heads * d_head, F = d_ffn, T = seq_len and
-    K = mem_len + T keys:
-      attention block  2*D*A * (2 + 3*K/T)   q and output projections for each token; k, v and the
-                                              relative encodings r projected at all K positions
-                                              once per segment (r once per row: an upper bound,
-                                              as the batch shares it)
-                       + 3 * 2*A*K             content scores, position scores, weighted values
-      dense block      2 * 2*D*F
-      output layer     2 * AdaptiveSoftmax.multiply_adds: the head, and each tail cluster for the
-                       share of tokens whose label lies in it (tail_shares, e.g. from the unigram
-                       frequencies); tail_shares=None counts every tail for every token
-    The SuperNet runs attention and dense in every block; a fixed architecture only its named
-    blocks. Embedding lookup, layer norms, softmaxes, the rel-shift and Gumbel mixing (O(D) or
-    O(H*K) per token) are left out. training=True is 3x: the backward pass costs about twice the forward.
-    """
-    d_model, attention_width, num_keys = config.d_model, config.num_heads * config.head_dim, config.mem_len + seq_len
-    attention = 2 * d_model * attention_width * (2 + 3 * num_keys / seq_len) + 3 * 2 * attention_width * num_keys
-    dense = 2 * 2 * d_model * config.d_ffn
-    blocks = sum(attention * ("A" in kinds) + dense * ("D" in kinds) for kinds in config.block_kinds)
-    forward = blocks + 2 * AdaptiveSoftmax.multiply_adds(d_model, config.vocab_size, config.cutoffs,
-                                                         config.proj_factor, config.proj_dims, tail_shares)
-    return 3 * forward if training else forward

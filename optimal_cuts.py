@@ -12,8 +12,8 @@ per token of K clusters are
 
 with d = d_model, d_i = max(1, d // proj_factor**i) the width of tail i's projection, and
 g(k) = max(min_cost, k): below `min_cost` columns a matmul does not get cheaper (Grave et al.'s
-GPU saturation constant; 0 counts plain multiply-adds). That is AdaptiveSoftmax.multiply_adds with
-each tail weighted by its probability; the widths and each part's cost come from adaptive_softmax.py
+GPU saturation constant; 0 counts plain multiply-adds). That is costs.softmax_multiply_adds with
+each tail weighted by its probability; the widths and each part's cost come from costs.py
 (tail_projection_dims, head_multiply_adds, tail_multiply_adds). The dynamic program
 
     F_0(b) = d * g(b + K - 1),   F_i(b) = min_{a < b} F_{i-1}(a) + (S_b - S_a) * (d * d_i + d_i * g(b - a))
@@ -28,14 +28,14 @@ import numpy as np
 from absl import app, flags
 
 import data_utils
-from adaptive_softmax import AdaptiveSoftmax, head_multiply_adds, tail_multiply_adds, tail_projection_dims, tail_shares
-from model import ModelConfig
+from config import ModelConfig
+from costs import head_multiply_adds, softmax_multiply_adds, tail_multiply_adds, tail_projection_dims, tail_shares
 
 
 def expected_cost(probs, cutoffs, d_model, proj_factor, min_cost=0):
     """The cost model above, evaluated directly for given cutoffs (no cutoffs: a full softmax)."""
-    return AdaptiveSoftmax.multiply_adds(d_model, len(probs), cutoffs, proj_factor,
-                                         tail_shares=tail_shares(probs, cutoffs), min_cost=min_cost)
+    return softmax_multiply_adds(d_model, len(probs), cutoffs, proj_factor, tail_shares=tail_shares(probs, cutoffs),
+                                 min_cost=min_cost)
 
 
 def optimal_cutoffs(probs, num_clusters, d_model, proj_factor, min_cost=0):

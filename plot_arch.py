@@ -11,7 +11,6 @@ the first to the last, and the final frame as a PNG. Prints the derived architec
 one panel per block and run, to compare how runs searched.
 """
 import io
-import json
 import pathlib
 import sys
 
@@ -23,12 +22,9 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import model  # noqa: E402
+from config import CANDIDATE_NAMES, derived_architecture  # noqa: E402
+from runs import Run  # noqa: E402
 
-# pi's columns by name, in the order of model.CANDIDATES (the architecture string's letters): the
-# figure's labels and train.py's TensorBoard tags.
-CANDIDATE_NAMES = tuple({"A": "attention", "D": "dense", "I": "identity"}[letter] for letter in model.CANDIDATES)
-PI_HISTORY_FILE = "pi_history.jsonl"
 MAX_FRAMES = 100  # 20 s at 5 frames a second; a 20-epoch run's 540 records would make a 1.5 MB GIF.
 COLORS = {"attention": "tab:red", "dense": "tab:blue", "identity": "tab:gray"}
 
@@ -51,19 +47,12 @@ def render_pi(pi, title):
     return buffer.getvalue()
 
 
-def read_history(run_dir):
-    path = pathlib.Path(run_dir) / PI_HISTORY_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no pi history; is {run_dir} the run directory of a SuperNet?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def held_since(history):
     """(the last record's derived architecture, the first step from which every record derives it).
 
     A search has settled when this step stays put while the run goes on.
     """
-    derived = [model.derived_architecture(record["pi"]) for record in history]
+    derived = [derived_architecture(record["pi"]) for record in history]
     start = len(derived) - 1
     while start > 0 and derived[start - 1] == derived[-1]:
         start -= 1
@@ -78,11 +67,12 @@ def frame_indices(records, max_frames):
 def plot_history(run_dir, max_frames=MAX_FRAMES):
     """Writes pi.gif (up to max_frames records, the first and last among them) and pi.png (the last) into
     `run_dir`; returns held_since of the history: the derived string and the step since which it has held."""
-    history = read_history(run_dir)
+    run = Run(run_dir)
+    history = run.read_pi_history()
     frames = [Image.open(io.BytesIO(render_pi(history[i]["pi"], f"step {history[i]['step']}  tau {history[i]['tau']:.3f}")))
               .convert("RGB") for i in frame_indices(len(history), max_frames)]
-    frames[0].save(pathlib.Path(run_dir) / "pi.gif", save_all=True, append_images=frames[1:], duration=200, loop=0)
-    frames[-1].save(pathlib.Path(run_dir) / "pi.png")
+    frames[0].save(run.pi_gif_path, save_all=True, append_images=frames[1:], duration=200, loop=0)
+    frames[-1].save(run.pi_png_path)
     return held_since(history)
 
 
@@ -94,7 +84,7 @@ def trajectories(history, max_step=0):
 
 def plot_trajectories(run_dirs, output, max_step=0):
     """Writes a PNG to `output`: each candidate's pi against the step, a row per block, a column per run."""
-    runs = [trajectories(read_history(run_dir), max_step) for run_dir in run_dirs]
+    runs = [trajectories(Run(run_dir).read_pi_history(), max_step) for run_dir in run_dirs]
     num_blocks = max(pi.shape[1] for _, pi in runs)
     figure, axes = plt.subplots(num_blocks, len(runs), figsize=(3.2 * len(runs), 1.1 * num_blocks + 0.8), dpi=80,
                                 sharex=True, sharey=True, squeeze=False)
@@ -123,7 +113,7 @@ def main(argv):
             print(f"Wrote {FLAGS.trajectories}.")
         else:
             architecture, since = plot_history(argv[1])
-            print(f"Wrote {argv[1]}/pi.gif and pi.png. Derived architecture: --architecture={architecture}, "
+            print(f"Wrote {Run(argv[1]).pi_gif_path} and pi.png. Derived architecture: --architecture={architecture}, "
                   f"held since step {since}.")
     except FileNotFoundError as error:
         sys.exit(f"plot_arch.py: error: {error}")

@@ -1,38 +1,52 @@
-"""A run directory: its config record, its checkpoints, its export, and loading a trained model from it.
+"""A run directory and every file in it; the one place that spells a path inside a run.
 
-    logs/<model_name>/config.json      the ModelConfig, TrainConfig and dataset a run was made with
-    logs/<model_name>/checkpoints/     ckpt-N (the latest two) and best/
-    logs/<model_name>/export/          config.json, model.weights.h5 and the tokenizer
+    logs/<model_name>/config.json           the ModelConfig, TrainConfig and dataset the run was made with
+    logs/<model_name>/training_log.log      the console log
+    logs/<model_name>/train/, valid/        TensorBoard events
+    logs/<model_name>/checkpoints/          ckpt-N (the latest two), best/ckpt-N and best/best_valid.json
+    logs/<model_name>/pi_history.jsonl      a SuperNet's pi at every logged step
+    logs/<model_name>/pi.gif, pi.png        its animation and last frame (plot_arch.py)
+    logs/<model_name>/results.json          the final validation and test scores
+    logs/<model_name>/export/               config.json, model.weights.h5 and the tokenizer
+
+Imports no TensorFlow, so that plot_arch.py reads a run without it; saving and restoring the
+model's checkpoints is checkpoints.py's.
 """
-import contextlib
 import dataclasses
 import json
 import pathlib
-import shutil
-import sys
-
-import tensorflow as tf
-
-import data_utils
-from devices import dtype_policy
-from model import ModelConfig, TransformerXL
 
 # Fields that config.json files of runs made before their removal record, with the one value they may hold
-# (None: any value; eval_mode is now a call argument).
-RETIRED_FIELDS = {"model": {"pad_id": data_utils.PAD_ID, "eval_mode": None},
+# (None: any value; eval_mode is now a call argument; pad_id was the data's padding id, 0).
+RETIRED_FIELDS = {"model": {"pad_id": 0, "eval_mode": None},
                   "train": {"opt_name": "adam", "weight_decay": 0.0}}
 # Fields added since, with the value that runs made before them had in effect.
 ADDED_FIELDS = {"train": {"arch_schedule": "constant"}}
 
+EXPORT_WEIGHTS = "model.weights.h5"  # Beside the config.json (and tokenizer) of an export directory.
 
-class CheckpointError(RuntimeError):
-    """No checkpoint of a run can be read; the message names them."""
+
+def read_json(path):
+    """A JSON file's content; a syntax error names the file."""
+    path = pathlib.Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); repair or delete it.") from None
+
+
+def write_json_atomically(path, content):
+    """Writes the whole file under another name, then renames it, so no reader sees half of it."""
+    path = pathlib.Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(content, indent=1))
+    temporary.replace(path)
 
 
 def read_record(path):
     """A config.json in today's fields: retired ones dropped (refused if they held another value than
     the one still supported), added ones filled with the value older runs had in effect."""
-    record = json.loads(pathlib.Path(path).read_text())
+    record = read_json(path)
     for part, fields in RETIRED_FIELDS.items():
         for name, only_value in fields.items():
             value = record.get(part, {}).pop(name, only_value)
@@ -53,132 +67,96 @@ def config_record(model_config, config, data_dir, metadata):
                 data_dir=str(pathlib.Path(data_dir).resolve()))
 
 
-def check_or_save_config(run_dir, record, save=True):
-    """Saves the run's config beside its checkpoints (unless not `save`); refuses to resume a run made with another.
+class Run:
+    """logs/<model_name>/: the paths of a run's files, and reading and writing its small records."""
 
-    The dataset is compared by content (its build settings and sources), not by its path. The file is
-    written whole under another name and then renamed, so other workers never read half of it.
-    """
-    path = run_dir / "config.json"
-    record = json.loads(json.dumps(record))  # Tuples become lists, as they do on disk.
-    if not path.is_file():
-        if save:
-            path.with_suffix(".json.tmp").write_text(json.dumps(record, indent=1))
-            path.with_suffix(".json.tmp").replace(path)
-        return
-    saved = read_record(path)
-    changed = [f"{part}.{key}: {saved.get(part, {}).get(key)} -> {value}"
-               for part in ("model", "train", "data") for key, value in record[part].items()
-               if saved.get(part, {}).get(key) != value]
-    if changed:
-        raise ValueError(f"{run_dir} holds a run with another config ({'; '.join(changed)}); "
-                         f"use another --model_name, or delete {run_dir} to start over.")
+    def __init__(self, directory):
+        self.directory = pathlib.Path(directory)
+        self.config_path = self.directory / "config.json"
+        self.log_path = self.directory / "training_log.log"
+        self.checkpoint_dir = self.directory / "checkpoints"
+        self.best_dir = self.checkpoint_dir / "best"
+        self.best_path = self.best_dir / "best_valid.json"
+        self.pi_history_path = self.directory / "pi_history.jsonl"
+        self.pi_gif_path = self.directory / "pi.gif"
+        self.pi_png_path = self.directory / "pi.png"
+        self.results_path = self.directory / "results.json"
+        self.export_dir = self.directory / "export"
 
+    def __repr__(self):
+        return f"Run({str(self.directory)!r})"
 
-def checkpoint_paths(checkpoint_dir):
-    """The checkpoint prefixes in a directory, newest first, read from their index files, not from
-    the `checkpoint` state file, which a kill may leave stale or damaged."""
-    indexes = pathlib.Path(checkpoint_dir).glob("ckpt-*.index")
-    numbered = [(int(path.stem.split("-")[1]), path.with_suffix("")) for path in indexes if path.stem[5:].isdigit()]
-    return [str(prefix) for _, prefix in sorted(numbered, reverse=True)]
+    def events_dir(self, name):
+        """TensorBoard's folder for the "train" or "valid" events."""
+        return self.directory / name
 
+    def worker_checkpoint_dir(self, task_id):
+        """Where a multi-worker run's non-chief worker `task_id` saves, under a folder it deletes after each save."""
+        return self.directory / f"workertemp_{task_id}" / "checkpoints"
 
-def restore_readable_checkpoint(checkpoint, checkpoint_dir, log, chief=True):
-    """Restores the newest checkpoint that reads whole and returns its prefix, or None if there is none.
+    @classmethod
+    def holding(cls, path):
+        """The run that `path` is or lies in: the run directory itself, or the run two or three levels
+        above checkpoints/ckpt-N or checkpoints/best/ckpt-N; None if there is none."""
+        path = pathlib.Path(path)
+        for folder in (path, path.parent.parent, path.parent.parent.parent):
+            if (folder / "config.json").is_file():
+                return cls(folder)
+        return None
 
-    Newer ones that do not read (truncated, corrupted) are named in a warning and, by the chief, set
-    aside as damaged-ckpt-N.* with the restored one made the latest, so that the rotation of saves
-    never deletes a good checkpoint in their favour. Raises CheckpointError when none reads.
-    """
-    unreadable, errors = [], []
-    for prefix in checkpoint_paths(checkpoint_dir):
-        try:
-            checkpoint.restore(prefix).assert_existing_objects_matched()
-        except (tf.errors.OpError, OSError, ValueError, IndexError, AssertionError) as error:  # Each seen on damage.
-            unreadable.append(prefix)
-            errors.append(f"{prefix} ({data_utils.error_line(error)})")
-            continue
-        if unreadable:
-            log.warning("Could not read %s; resuming from %s instead, the others set aside as damaged-*.",
-                        "; ".join(errors), prefix)
-            if chief:
-                set_aside_damaged(unreadable, checkpoint_dir, prefix)
-        return prefix
-    if unreadable:
-        raise CheckpointError(f"No checkpoint in {checkpoint_dir} can be read: {'; '.join(errors)}. Move them "
-                              f"away to start the run over.")
-    return None
+    # The config record.
 
+    def read_config(self):
+        return read_record(self.config_path)
 
-def set_aside_damaged(prefixes, checkpoint_dir, restored):
-    """Renames each damaged checkpoint's files to damaged-<name> and makes `restored` the latest."""
-    for prefix in map(pathlib.Path, prefixes):
-        for path in prefix.parent.glob(prefix.name + ".*"):
-            path.rename(path.with_name("damaged-" + path.name))
-    tf.compat.v1.train.update_checkpoint_state(str(checkpoint_dir), restored,
-                                               all_model_checkpoint_paths=checkpoint_paths(checkpoint_dir)[::-1])
+    def check_or_save_config(self, record, save=True):
+        """Saves the run's config (unless not `save`); refuses to resume a run made with another.
 
+        The dataset is compared by content (its build settings and sources), not by its path. The file is
+        written whole under another name and then renamed, so other workers never read half of it.
+        """
+        record = json.loads(json.dumps(record))  # Tuples become lists, as they do on disk.
+        if not self.config_path.is_file():
+            if save:
+                write_json_atomically(self.config_path, record)
+            return
+        saved = self.read_config()
+        changed = [f"{part}.{key}: {saved.get(part, {}).get(key)} -> {value}"
+                   for part in ("model", "train", "data") for key, value in record[part].items()
+                   if saved.get(part, {}).get(key) != value]
+        if changed:
+            raise ValueError(f"{self.directory} holds a run with another config ({'; '.join(changed)}); "
+                             f"use another --model_name, or delete {self.directory} to start over.")
 
-def remove_unfinished_saves(checkpoint_dir):
-    """Deletes the ckpt-N_temp folders that a save killed midway leaves in the run's checkpoint folders."""
-    for directory in (pathlib.Path(checkpoint_dir), pathlib.Path(checkpoint_dir) / "best"):
-        for unfinished in directory.glob("ckpt-*_temp"):
-            if unfinished.is_dir():
-                shutil.rmtree(unfinished)
+    # The best validation so far, saved beside its checkpoint.
 
+    def best_loss(self):
+        """The lowest validation loss saved as best so far, inf if none."""
+        return read_json(self.best_path)["loss"] if self.best_path.is_file() else float("inf")
 
-def export(model, run_dir, data_dir):
-    """Writes run_dir/export: the run's config, the weights and the tokenizer, all that
-    evaluate.py and generate.py need."""
-    directory = run_dir / "export"
-    directory.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / "config.json", directory / "config.json")
-    model.save_weights(str(directory / "model.weights.h5"))
-    for name in (data_utils.METADATA_FILE, data_utils.TOKENIZER_FILE):
-        if (pathlib.Path(data_dir) / name).is_file():  # Synthetic datasets have no tokenizer.
-            shutil.copyfile(pathlib.Path(data_dir) / name, directory / name)
+    def write_best(self, step, validation):
+        write_json_atomically(self.best_path, dict(step=step, **validation))
 
+    # The pi history: one JSON line per logged step of a SuperNet.
 
-def build_model(model_config, precision="float32"):
-    """A TransformerXL with its weights created, computing in `precision` (as trained: bfloat16 scores differ)."""
-    model = TransformerXL(model_config, dtype=dtype_policy(precision))
-    model(tf.zeros([1, 1], tf.int32), model.initial_memory(1))  # Creates the weights.
-    return model
+    def append_pi(self, step, tau, pi):
+        with open(self.pi_history_path, "a") as f:
+            f.write(json.dumps(dict(step=step, tau=tau, pi=pi)) + "\n")
 
+    def read_pi_history(self):
+        if not self.pi_history_path.is_file():
+            raise FileNotFoundError(f"{self.pi_history_path}: no pi history; is {self.directory} the run "
+                                    f"directory of a SuperNet?")
+        return [json.loads(line) for line in self.pi_history_path.read_text().splitlines() if line.strip()]
 
-@contextlib.contextmanager
-def load_errors_in_one_line(script, path):
-    """Ends `script` with one line on a bad setting or data (ValueError, DataError included) or on a
-    truncated or foreign file in the run or export at `path`, instead of a traceback."""
-    try:
-        yield
-    except ValueError as error:
-        sys.exit(f"{script}: error: {data_utils.error_line(error)}")
-    except (OSError, KeyError, TypeError, tf.errors.OpError) as error:
-        sys.exit(f"{script}: error: cannot load {path}: {data_utils.error_line(error)}")
+    def pi_history_or_empty(self):
+        return self.read_pi_history() if self.pi_history_path.is_file() else []
 
+    def forget_pi_after(self, step):
+        """Drops pi records a killed run wrote after its last checkpoint; the resumed run writes them again."""
+        if self.pi_history_path.is_file():
+            kept = [line for line in self.pi_history_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            self.pi_history_path.write_text("".join(line + "\n" for line in kept))
 
-def load_model(path, mem_len=None):
-    """Rebuilds a trained model from an export directory, a run directory or a checkpoint prefix.
-
-    mem_len: a memory length other than the training one (it holds no weights), e.g. a longer one
-    for evaluation; None keeps the training one.
-    Returns (model, the run's config record, whose "data_dir" is the dataset it was trained on).
-    """
-    path = pathlib.Path(path)
-    # The folder itself (a run or an export), or the run above checkpoints/ckpt-N or checkpoints/best/ckpt-N.
-    run_dir = next((folder for folder in (path, path.parent.parent, path.parent.parent.parent)
-                    if (folder / "config.json").is_file()), None)
-    if run_dir is None:
-        raise ValueError(f"{path}: neither an export directory, a run directory nor a checkpoint in one.")
-    record = read_record(run_dir / "config.json")
-    overrides = {} if mem_len is None else {"mem_len": mem_len}
-    model = build_model(ModelConfig(**{**record["model"], **overrides}), record["train"]["precision"])
-    if (path / "model.weights.h5").is_file():
-        model.load_weights(str(path / "model.weights.h5"))
-        return model, record
-    checkpoint = tf.train.latest_checkpoint(run_dir / "checkpoints") if path == run_dir else str(path)
-    if checkpoint is None:
-        raise ValueError(f"{run_dir}: no checkpoint yet.")
-    tf.train.Checkpoint(model_variables=list(model.variables)).restore(checkpoint).expect_partial()
-    return model, record
+    def write_results(self, results):
+        write_json_atomically(self.results_path, results)

@@ -2,100 +2,39 @@
 
     python train.py --data_dir=data/tfrecords --model_name=base     # or ./base_model.sh
 
-Everything a run writes lives in logs/<model_name>/: TensorBoard events (train/, valid/),
-training_log.log, config.json, checkpoints/ (latest and best/), pi_history.jsonl, pi.gif/pi.png,
-results.json and export/ (config, weights and tokenizer for evaluate.py and generate.py). Rerunning
-the same command resumes from the latest checkpoint exactly: same step, lr, tau, memory, RNG and
-next batch.
+Everything a run writes lives in logs/<model_name>/ (runs.Run lists it). Rerunning the same command
+resumes from the latest checkpoint exactly: same step, lr, tau, memory, RNG and next batch.
 
-Validation and test scores (perplexity per token and per word) come from evaluate.py; the config
-record, checkpoint reading and export live in runs.py; threads, XLA, precision and the tf.distribute
-strategy in devices.py. Every ModelConfig, TrainConfig and RunOptions field is a flag, with its
-comment as help.
+Here: the Trainer (the model, its optimizers and the compiled step) and the loop around it.
+Validation and test scores come from evaluate.py; checkpoints and the export from checkpoints.py;
+threads, XLA, precision and the tf.distribute strategy from devices.py. Every field of
+config.ModelConfig, TrainConfig and RunOptions is a flag, with its comment as help.
 """
 import dataclasses
-import inspect
 import json
 import logging
 import math
 import pathlib
-import re
 import shutil
 import sys
 import time
-import typing
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+import checkpoints
 import data_utils
 import devices
 import plot_arch
 import runs
-from adaptive_softmax import tail_capacities, tail_shares
+from adaptive_softmax import tail_capacities
+from config import CANDIDATE_NAMES, ModelConfig, RunOptions, TrainConfig, configs_from_flags
+from config import define_flags as define_setting_flags
+from costs import flops_per_token, tail_shares
 from evaluate import evaluate_both_ways
 from gumbel import ExponentialTauSchedule
-from model import Memory, ModelConfig, TransformerXL, count_parameters, flops_per_token
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Optimisation and bookkeeping settings; each default is written here only."""
-
-    epochs: int = 20  # Passes over the training split.
-    max_lr: float = 1e-4  # Peak learning rate of the weights, reached after warmup.
-    warmup_steps: int = 4000  # Linear warmup from 0, then cosine decay to 0 at the last step.
-    clip_norm: float = 0.25  # Global-norm gradient clipping of the weights (Transformer-XL's value); 0 disables.
-    arch_lr: float = 1e-3  # Adam learning rate of the architecture logits (their peak under arch_schedule=weights).
-    arch_schedule: str = "constant"  # The logits' learning rate by step: constant (arch_lr from step 0, as the original) | after_warmup (0 until the weights' warmup ends, then arch_lr) | weights (the weights' schedule scaled to peak at arch_lr).
-    tau_start: float = 1.0  # Gumbel-softmax temperature of the first step.
-    tau_end: float = 0.1  # Gumbel-softmax temperature of the last step, annealed exponentially from tau_start.
-    seed: int = 0  # Seeds weights, dropout and Gumbel noise.
-    jit_compile: str = "auto"  # XLA for the train and eval steps: on | off | auto (on where faster, see devices.use_xla).
-    precision: str = "auto"  # auto (bfloat16 where native, else float32) | float32 | bfloat16 | float16 (loss-scaled): the compute dtype; weights stay float32.
-
-    def __post_init__(self):
-        """Refuses a bad setting before anything is written; the message names the flag."""
-        check_choice("jit_compile", self.jit_compile, ("on", "off", "auto"))
-        check_choice("arch_schedule", self.arch_schedule, ("constant", "after_warmup", "weights"))
-        check_choice("precision", self.precision, ("auto", "float32", "bfloat16", "float16"))
-        check_at_least(self, epochs=1, warmup_steps=0, clip_norm=0.0, arch_lr=0.0)
-        check_positive(self, "max_lr", "tau_start", "tau_end")
-
-
-@dataclasses.dataclass
-class RunOptions:
-    """How often to log and save, and on what devices; these may change when a run resumes."""
-
-    log_every: int = 100  # Steps between loss/perplexity/tau/lr/tokens-per-second logs and pi records.
-    checkpoint_every: int = 1000  # Steps between checkpoints (one is also saved at each epoch's end).
-    stop_after_steps: int = 0  # Save and stop once this global step is reached (a planned pause); 0 = never.
-    eval_batches: int = 0  # Limit validation/test to this many batches (quick runs); 0 = whole split.
-    strategy: str = "default"  # tf.distribute: default | mirrored | multi_worker | tpu (see README).
-    intra_op_threads: int = 1  # Threads per op; 1 lets the cores run independent ops (a block's candidates) at once; 0 = TensorFlow's choice.
-    verbose: bool = False  # Show TensorFlow's INFO messages, such as each checkpoint save, on the console.
-
-    def __post_init__(self):
-        check_choice("strategy", self.strategy, ("default", "mirrored", "multi_worker", "tpu"))
-        check_at_least(self, log_every=1, checkpoint_every=1, stop_after_steps=0, eval_batches=0, intra_op_threads=0)
-
-
-def check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"--{name}={value!r}: expected one of {', '.join(choices)}.")
-
-
-def check_at_least(settings, **minimums):
-    for name, minimum in minimums.items():
-        if getattr(settings, name) < minimum:
-            raise ValueError(f"--{name}={getattr(settings, name)}: must be at least {minimum}.")
-
-
-def check_positive(settings, *names):
-    for name in names:
-        if not getattr(settings, name) > 0:
-            raise ValueError(f"--{name}={getattr(settings, name)}: must be positive.")
+from model import Memory, TransformerXL, count_parameters
 
 
 class NonFiniteLossError(RuntimeError):
@@ -218,10 +157,16 @@ class Trainer:
             token_count=self.token_count,
         )
 
-    @property
-    def step(self):
-        """Steps taken; the optimizer's own count lags it when float16 loss scaling skips a step."""
-        return self.global_step
+    def counters(self):
+        """(steps taken, epochs done, batches done in the current epoch), read from their variables.
+
+        Steps taken, not the optimizer's count, which lags it when float16 loss scaling skips a step.
+        """
+        return int(self.global_step.numpy()), int(self.epoch.numpy()), int(self.batch_in_epoch.numpy())
+
+    def end_epoch(self):
+        self.epoch.assign_add(1)
+        self.batch_in_epoch.assign(0)
 
     def tau_of_step(self, step):
         """The Gumbel-softmax temperature that training step `step` (counted from 1) uses."""
@@ -250,7 +195,7 @@ class Trainer:
         sane = tf.math.is_finite(loss) & (loss <= self.divergence_limit)
         bad = tf.logical_and(self.first_bad_step < 0, tf.logical_not(sane))
         # global_step is now this step's 1-based number, as logged.
-        self.first_bad_step.assign(tf.where(bad, self.step, self.first_bad_step))
+        self.first_bad_step.assign(tf.where(bad, self.global_step, self.first_bad_step))
         return loss
 
     def _replica_step(self, inputs, targets):
@@ -313,9 +258,9 @@ class Trainer:
         return nll / max(count, 1.0), count
 
 
-def make_logger(run_dir, to_file=True):
-    """Logs to the console and (if `to_file`) to training_log.log in the run directory."""
-    logger = logging.getLogger(f"train.{run_dir}")
+def make_logger(run, to_file=True):
+    """Logs to the console and (if `to_file`) to the run's training_log.log."""
+    logger = logging.getLogger(f"train.{run.directory}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     if not logger.handlers:
@@ -324,7 +269,7 @@ def make_logger(run_dir, to_file=True):
         console.setFormatter(logging.Formatter(("\r\x1b[K" if sys.stdout.isatty() else "") + "%(asctime)s %(message)s"))
         logger.addHandler(console)
         if to_file:
-            file = logging.FileHandler(run_dir / "training_log.log")
+            file = logging.FileHandler(run.log_path)
             file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             logger.addHandler(file)
     return logger
@@ -338,259 +283,251 @@ def log_epoch_time(log, epoch, steps, step_seconds, wall_seconds, validation_sec
              validation_seconds)
 
 
-def write_pi(trainer, run_dir, writer, step):
-    """Appends pi to the history and logs each block's probabilities to TensorBoard."""
-    pi = trainer.model.arch_probabilities()
-    tau = float(trainer.tau_of_step(step))
-    with open(run_dir / plot_arch.PI_HISTORY_FILE, "a") as f:
-        f.write(json.dumps(dict(step=step, tau=tau, pi=np.round(pi, 6).tolist())) + "\n")
-    with writer.as_default(step=step):
-        for block, row in enumerate(pi):
-            for name, value in zip(plot_arch.CANDIDATE_NAMES, row):
-                tf.summary.scalar(f"pi/block_{block}/{name}", value)
-    return pi
+def check_precision_for_strategy(precision, strategy_name):
+    if strategy_name == "multi_worker" and precision == "bfloat16" and not tf.config.list_physical_devices("GPU"):
+        raise ValueError("--strategy=multi_worker with bfloat16 on CPUs: TensorFlow's CPU collectives take no "
+                         "bfloat16 variables; pass --precision=float32.")
 
 
-def log_derived_architecture(log, pi, run_dir, step):
-    """Logs the architecture the search derives from pi now and the step since which it has, to tell when it settled."""
-    path = run_dir / plot_arch.PI_HISTORY_FILE
-    history = plot_arch.read_history(run_dir) if path.is_file() else []
-    architecture, since = plot_arch.held_since(history + [dict(step=step, pi=pi.tolist())])
-    log.info("step %d derived architecture: --architecture=%s, held since step %d.", step, architecture, since)
+class Training:
+    """One call of train_and_evaluate: its Trainer, run directory, log, event writers and data, and
+    each piece of the loop's periodic work as one method.
 
+    `step` and `batches_done` mirror the trainer's checkpointed counters in Python, read once on
+    resuming and advanced by train_step, so that the loop never waits on the device to count.
+    Under --strategy=multi_worker every worker runs all of this alike, but only the chief
+    (devices.is_chief) writes into the run; the others save their checkpoints into a temporary
+    directory (devices.checkpoint_write_dir).
+    """
 
-def forget_pi_after(path, step):
-    """Drops pi records a killed run wrote after its last checkpoint; the resumed run writes them again."""
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+    def __init__(self, model_config, config, data_dir, run_dir, options):
+        self.data_dir, self.options = data_dir, options
+        self.metadata = data_utils.load_metadata(data_dir)
+        precision, precision_reason = devices.resolve_precision(config.precision)
+        self.config = config = dataclasses.replace(config, precision=precision)  # config.json records the precision used.
+        check_precision_for_strategy(precision, options.strategy)
+        self.run = runs.Run(run_dir)
+        self.run.directory.mkdir(parents=True, exist_ok=True)
+        strategy = devices.make_strategy(options.strategy)
+        self.chief = devices.is_chief(strategy)
+        record = runs.config_record(model_config, config, data_dir, self.metadata)
+        self.run.check_or_save_config(record, save=False)
+        self.log = make_logger(self.run, to_file=self.chief)
+        self.log.info("Precision %s (%s), on %s.", precision, precision_reason,
+                      ", ".join(device.name for device in tf.config.list_logical_devices()))
+        self.batch_size, self.seq_len = self.metadata["batch_size"], self.metadata["seq_len"]
+        self.steps_per_epoch = self.metadata["splits"]["train"]["batches"]
+        unigram_path = pathlib.Path(data_dir) / data_utils.UNIGRAM_FILE  # Synthetic datasets have none.
+        shares = tail_shares(np.loadtxt(unigram_path), model_config.cutoffs) if unigram_path.is_file() else None
+        self.trainer = Trainer(model_config, config, self.steps_per_epoch, self.batch_size, strategy, tail_shares=shares)
+        self.model = self.trainer.model
+        self.run.check_or_save_config(record, save=self.chief)  # Only once the run can start.
+        self.write_dir = devices.checkpoint_write_dir(self.run, strategy)
+        self.best_loss = self.run.best_loss()
+        if self.chief:
+            checkpoints.remove_unfinished_saves(self.run)
+        latest = checkpoints.restore_readable_checkpoint(self.trainer.checkpoint, self.run.checkpoint_dir, self.log,
+                                                         self.chief)  # Every worker: the chief's.
+        self.latest_manager, self.best_manager = checkpoints.managers(self.trainer.checkpoint, self.write_dir)
+        self.step, self.epoch, self.batches_done = self.trainer.counters()
+        if latest:
+            self.log.info("Resumed from %s at step %d.", latest, self.step)
+            if self.chief:
+                self.run.forget_pi_after(self.step)
+        else:
+            self.log_start(record, shares)
+        self.writers = {name: tf.summary.create_file_writer(str(self.run.events_dir(name))) if self.chief
+                        else tf.summary.create_noop_writer() for name in ("train", "valid")}
+        self.interval_seconds = 0.0  # Time in training steps (input included) since the last log, for an honest tokens/s.
+        self.validation = None  # The last epoch's, reused for the final results.
+
+    def log_start(self, record, shares):
+        """The config, the parameters per part, the FLOPs and each block of a new run."""
+        model_config = self.model.config
+        self.log.info("Config: %s", json.dumps(record))
+        self.log.info("Parameters: %s", count_parameters(self.model))
+        rounded = [round(share, 4) for share in shares] if shares else None
+        self.log.info("Model FLOPs per token (each adaptive softmax tail for its share %s of tokens): training %.3g, "
+                      "inference %.3g", rounded,
+                      flops_per_token(model_config, self.seq_len, training=True, tail_shares=shares),
+                      flops_per_token(model_config, self.seq_len, tail_shares=shares))
+        for line in self.model.summary_lines(self.batch_size, self.seq_len):
+            self.log.info("%s", line)
+
+    # The steps of an epoch.
+
+    def epoch_batches(self):
+        """The epoch's remaining batches, from where a resumed run stopped; starts the epoch's clocks.
+
+        Each batch's time runs from the end of the previous step's bookkeeping (logging, saving)
+        to the end of its own step, input included: `clock` restarts when the loop asks for the next batch.
+        """
+        if self.batches_done == 0:
+            self.trainer.reset_memory()
+        self.log.info("Epoch %d/%d from batch %d.", self.epoch + 1, self.config.epochs, self.batches_done)
+        # A progress bar only on a terminal: elsewhere (a file, a notebook's log) the log lines say it all.
+        self.progress = keras.utils.Progbar(self.steps_per_epoch, unit_name="step") if sys.stdout.isatty() else None
+        self.epoch_start, self.first_batch, self.epoch_step_seconds = time.perf_counter(), self.batches_done, 0.0
+        self.clock = self.epoch_start
+        for batch in data_utils.make_dataset(self.data_dir, "train").skip(self.batches_done):
+            yield batch
+            self.clock = time.perf_counter()
+
+    def train_step(self, inputs, targets):
+        self.trainer.train_step(inputs, targets)
+        seconds = time.perf_counter() - self.clock
+        self.epoch_step_seconds += seconds
+        self.interval_seconds += seconds
+        self.step += 1
+        self.batches_done += 1
+
+    def due(self, every):
+        return self.step % every == 0
+
+    def check_finite(self):
+        try:
+            self.trainer.check_finite()
+        except NonFiniteLossError as error:
+            last_good = tf.train.latest_checkpoint(self.run.checkpoint_dir) or "none (none was saved)"
+            raise NonFiniteLossError(f"{error} Stopped; the last good checkpoint is {last_good}.") from None
+
+    def log_interval(self):
+        """Loss, perplexity, tau, learning rate and tokens/s since the last log; a SuperNet's pi too."""
+        self.check_finite()
+        loss, tokens = self.trainer.take_interval_loss()
+        scalars = dict(loss=loss, perplexity=math.exp(min(loss, 50.0)), tau=float(self.trainer.tau_of_step(self.step)),
+                       learning_rate=float(self.trainer.learning_rate_of_step(self.step)),
+                       tokens_per_second=tokens / max(self.interval_seconds, 1e-9))
+        self.interval_seconds = 0.0
+        with self.writers["train"].as_default(step=self.step):
+            for key, value in scalars.items():
+                tf.summary.scalar(key, value)
+        self.log.info("step %d %s", self.step, " ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+        if self.model.arch_variables and self.chief:
+            self.record_pi(scalars["tau"])
+        if self.progress:
+            self.progress.update(self.batches_done, [("loss", loss)])
+
+    def record_pi(self, tau):
+        """Appends pi to the run's history and logs each block's probabilities to TensorBoard."""
+        pi = self.model.arch_probabilities()
+        self.run.append_pi(self.step, tau, np.round(pi, 6).tolist())
+        with self.writers["train"].as_default(step=self.step):
+            for block, row in enumerate(pi):
+                for name, value in zip(CANDIDATE_NAMES, row):
+                    tf.summary.scalar(f"pi/block_{block}/{name}", value)
+
+    def save(self, manager=None):
+        """A checkpoint at this step (by default the latest's), never of a run whose loss went bad."""
+        self.check_finite()  # Never let a NaN overwrite the last good checkpoint.
+        (manager or self.latest_manager).save(checkpoint_number=self.step)
+        if not self.chief:
+            shutil.rmtree(self.write_dir.parent)
+
+    def pause(self):
+        self.save()
+        self.log.info("Stopped at step %d as asked; rerun the same command to resume.", self.step)
+
+    # The end of an epoch.
+
+    def end_epoch(self):
+        """Validates, saves the best so far and the latest checkpoint, and logs the epoch's time."""
+        self.trainer.end_epoch()
+        self.epoch += 1
+        steps = self.batches_done - self.first_batch
+        self.batches_done = 0
+        validation_start = time.perf_counter()
+        self.validation = self.validate()
+        validation_seconds = time.perf_counter() - validation_start
+        # The best first: a run killed between the two saves resumes before this epoch's end, so it
+        # validates this epoch again and finds its best already saved.
+        if self.validation["loss"] < self.best_loss:
+            self.best_loss = self.validation["loss"]
+            self.save(self.best_manager)
+            if self.chief:
+                self.run.write_best(self.step, self.validation)
+        self.save()
+        log_epoch_time(self.log, self.epoch, steps, self.epoch_step_seconds, time.perf_counter() - self.epoch_start,
+                       validation_seconds, self.batch_size * self.seq_len)
+
+    def score(self, split):
+        """evaluate_both_ways over a split: the pi mixture and, for a SuperNet, its argmax architecture."""
+        return evaluate_both_ways(self.model, data_utils.make_dataset(self.data_dir, split),
+                                  self.metadata["splits"][split]["words"], self.batch_size, self.config.jit_compile,
+                                  self.options.eval_batches)
+
+    def validate(self):
+        results = self.score("valid")
+        self.log.info("step %d validation: %s", self.step, json.dumps({k: round(v, 4) for k, v in results.items()}))
+        with self.writers["valid"].as_default(step=self.step):
+            for key, value in results.items():
+                tf.summary.scalar(key, value)
+            if self.model.arch_variables and self.chief:
+                pi = self.model.arch_probabilities()
+                tf.summary.image("pi", tf.image.decode_png(plot_arch.render_pi(pi, f"step {self.step}"))[None])
+                self.log_derived_architecture(pi)
+        return results
+
+    def log_derived_architecture(self, pi):
+        """Logs the architecture the search derives from pi now and the step since which it has, to tell when it settled."""
+        history = self.run.pi_history_or_empty() + [dict(step=self.step, pi=pi.tolist())]
+        architecture, since = plot_arch.held_since(history)
+        self.log.info("step %d derived architecture: --architecture=%s, held since step %d.", self.step, architecture,
+                      since)
+
+    # The end of the run.
+
+    def finish(self):
+        """Tests, exports and writes results.json; returns the final validation and test results."""
+        self.check_finite()
+        results = {"valid_" + k: v for k, v in (self.validation or self.validate()).items()}
+        test = self.score("test")
+        self.log.info("test: %s", json.dumps({k: round(v, 4) for k, v in test.items()}))
+        with self.writers["valid"].as_default(step=self.step):
+            for key, value in test.items():
+                tf.summary.scalar("test_" + key, value)
+        results.update({"test_" + k: v for k, v in test.items()})
+        if self.model.arch_variables:
+            results["derived_architecture"] = self.model.derived_architecture()
+            self.log.info("Derived architecture: --architecture=%s", results["derived_architecture"])
+        if self.chief:
+            checkpoints.export(self.model, self.run, self.data_dir)
+            if self.model.arch_variables and self.run.pi_history_path.is_file():
+                plot_arch.plot_history(self.run.directory)
+                self.log.info("pi.gif and pi.png in %s", self.run.directory)
+            self.run.write_results(results)
+        for writer in self.writers.values():
+            writer.flush()
+        return results
 
 
 def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptions()):
     """Trains, validating every epoch, then tests and exports. Resumes from run_dir if it holds a checkpoint.
 
     Returns a dict of the final validation and test results (or {} when stopped early on purpose).
-    Under --strategy=multi_worker every worker runs all of this alike, but only the chief
-    (devices.is_chief) writes into run_dir; the others save their checkpoints into a temporary
-    directory (devices.checkpoint_write_dir).
     """
-    metadata = data_utils.load_metadata(data_dir)
-    precision, precision_reason = devices.resolve_precision(config.precision)
-    config = dataclasses.replace(config, precision=precision)  # config.json records the precision used.
-    if options.strategy == "multi_worker" and precision == "bfloat16" and not tf.config.list_physical_devices("GPU"):
-        raise ValueError("--strategy=multi_worker with bfloat16 on CPUs: TensorFlow's CPU collectives take no "
-                         "bfloat16 variables; pass --precision=float32.")
-    run_dir = pathlib.Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    strategy = devices.make_strategy(options.strategy)
-    chief = devices.is_chief(strategy)
-    record = runs.config_record(model_config, config, data_dir, metadata)
-    runs.check_or_save_config(run_dir, record, save=False)
-    log = make_logger(run_dir, to_file=chief)
-    log.info("Precision %s (%s), on %s.", precision, precision_reason,
-             ", ".join(device.name for device in tf.config.list_logical_devices()))
-    batch_size, seq_len = metadata["batch_size"], metadata["seq_len"]
-    steps_per_epoch = metadata["splits"]["train"]["batches"]
-    unigram_path = pathlib.Path(data_dir) / data_utils.UNIGRAM_FILE  # Synthetic datasets have none.
-    shares = tail_shares(np.loadtxt(unigram_path), model_config.cutoffs) if unigram_path.is_file() else None
-    trainer = Trainer(model_config, config, steps_per_epoch, batch_size, strategy, tail_shares=shares)
-    runs.check_or_save_config(run_dir, record, save=chief)  # Only once the run can start.
-    model = trainer.model
-    checkpoint_dir, write_dir = run_dir / "checkpoints", devices.checkpoint_write_dir(run_dir, strategy)
-    best_path = checkpoint_dir / "best" / "best_valid.json"
-    best_loss = json.loads(best_path.read_text())["loss"] if best_path.is_file() else float("inf")
-    if chief:
-        runs.remove_unfinished_saves(checkpoint_dir)
-    latest = runs.restore_readable_checkpoint(trainer.checkpoint, checkpoint_dir, log, chief)  # Every worker: the chief's.
-    manager = tf.train.CheckpointManager(trainer.checkpoint, write_dir, max_to_keep=2)
-    best_manager = tf.train.CheckpointManager(trainer.checkpoint, write_dir / "best", max_to_keep=1)
-    if latest:
-        log.info("Resumed from %s at step %d.", latest, int(trainer.step.numpy()))
-        if chief:
-            forget_pi_after(run_dir / plot_arch.PI_HISTORY_FILE, int(trainer.step.numpy()))
-    else:
-        log.info("Config: %s", json.dumps(record))
-        log.info("Parameters: %s", count_parameters(model))
-        rounded = [round(share, 4) for share in shares] if shares else None
-        log.info("Model FLOPs per token (each adaptive softmax tail for its share %s of tokens): training %.3g, "
-                 "inference %.3g", rounded, flops_per_token(model_config, seq_len, training=True, tail_shares=shares),
-                 flops_per_token(model_config, seq_len, tail_shares=shares))
-        model.summary(print_fn=log.info)
-    writers = {name: tf.summary.create_file_writer(str(run_dir / name)) if chief else tf.summary.create_noop_writer()
-               for name in ("train", "valid")}
-
-    def check_finite():
-        try:
-            trainer.check_finite()
-        except NonFiniteLossError as error:
-            last_good = tf.train.latest_checkpoint(checkpoint_dir) or "none (none was saved)"
-            raise NonFiniteLossError(f"{error} Stopped; the last good checkpoint is {last_good}.") from None
-
-    def save(target_manager=manager):
-        check_finite()  # Never let a NaN overwrite the last good checkpoint.
-        target_manager.save(checkpoint_number=int(trainer.step.numpy()))
-        if not chief:
-            shutil.rmtree(write_dir.parent)
-
-    def validate(step):
-        results = evaluate_both_ways(model, data_utils.make_dataset(data_dir, "valid"),
-                                     metadata["splits"]["valid"]["words"], batch_size, config.jit_compile,
-                                     options.eval_batches)
-        log.info("step %d validation: %s", step, json.dumps({k: round(v, 4) for k, v in results.items()}))
-        with writers["valid"].as_default(step=step):
-            for key, value in results.items():
-                tf.summary.scalar(key, value)
-            if model.arch_variables and chief:
-                pi = model.arch_probabilities()
-                png = plot_arch.render_pi(pi, f"step {step}")
-                tf.summary.image("pi", tf.image.decode_png(png)[None])
-                log_derived_architecture(log, pi, run_dir, step)  # From the chief's pi history.
-        return results
-
-    step = int(trainer.step.numpy())
-    interval_seconds = 0.0  # Time in training steps (input included) since the last log, for an honest tokens/s.
-    valid = None  # The last epoch's validation, reused for the final results.
-    for epoch in range(int(trainer.epoch.numpy()), config.epochs):
-        done_in_epoch = int(trainer.batch_in_epoch.numpy())
-        if done_in_epoch == 0:
-            trainer.reset_memory()
-        log.info("Epoch %d/%d from batch %d.", epoch + 1, config.epochs, done_in_epoch)
-        # A progress bar only on a terminal: elsewhere (a file, a notebook's log) the log lines say it all.
-        progress = keras.utils.Progbar(steps_per_epoch, unit_name="step") if sys.stdout.isatty() else None
-        epoch_start, first_batch, epoch_step_seconds = time.perf_counter(), done_in_epoch, 0.0
-        clock = epoch_start
-        for inputs, targets in data_utils.make_dataset(data_dir, "train").skip(done_in_epoch):
-            trainer.train_step(inputs, targets)
-            seconds = time.perf_counter() - clock
-            epoch_step_seconds += seconds
-            interval_seconds += seconds
-            step += 1
-            done_in_epoch += 1
-            if step % options.log_every == 0:
-                check_finite()
-                loss, tokens = trainer.take_interval_loss()
-                scalars = dict(loss=loss, perplexity=math.exp(min(loss, 50.0)), tau=float(trainer.tau_of_step(step)),
-                               learning_rate=float(trainer.learning_rate_of_step(step)),
-                               tokens_per_second=tokens / max(interval_seconds, 1e-9))
-                interval_seconds = 0.0
-                with writers["train"].as_default(step=step):
-                    for key, value in scalars.items():
-                        tf.summary.scalar(key, value)
-                log.info("step %d %s", step, " ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
-                if model.arch_variables and chief:
-                    write_pi(trainer, run_dir, writers["train"], step)
-                if progress:
-                    progress.update(done_in_epoch, [("loss", loss)])
-            if step % options.checkpoint_every == 0:
-                save()
-            if options.stop_after_steps and step >= options.stop_after_steps:
-                save()
-                log.info("Stopped at step %d as asked; rerun the same command to resume.", step)
+    training = Training(model_config, config, data_dir, run_dir, options)
+    while training.epoch < config.epochs:
+        for inputs, targets in training.epoch_batches():
+            training.train_step(inputs, targets)
+            if training.due(options.log_every):
+                training.log_interval()
+            if training.due(options.checkpoint_every):
+                training.save()
+            if options.stop_after_steps and training.step >= options.stop_after_steps:
+                training.pause()
                 return {}
-            clock = time.perf_counter()
-        trainer.epoch.assign_add(1)
-        trainer.batch_in_epoch.assign(0)
-        validation_start = time.perf_counter()
-        valid = validate(step)
-        validation_seconds = time.perf_counter() - validation_start
-        # The best first: a run killed between the two saves resumes before this epoch's end, so it
-        # validates this epoch again and finds its best already saved.
-        if valid["loss"] < best_loss:
-            best_loss = valid["loss"]
-            save(best_manager)
-            if chief:
-                best_path.write_text(json.dumps(dict(step=step, **valid)))
-        save()
-        log_epoch_time(log, epoch + 1, done_in_epoch - first_batch, epoch_step_seconds,
-                       time.perf_counter() - epoch_start, validation_seconds, batch_size * seq_len)
-
-    check_finite()
-    results = {"valid_" + k: v for k, v in (valid or validate(step)).items()}
-    test = evaluate_both_ways(model, data_utils.make_dataset(data_dir, "test"), metadata["splits"]["test"]["words"],
-                              batch_size, config.jit_compile, options.eval_batches)
-    log.info("test: %s", json.dumps({k: round(v, 4) for k, v in test.items()}))
-    with writers["valid"].as_default(step=step):
-        for key, value in test.items():
-            tf.summary.scalar("test_" + key, value)
-    results.update({"test_" + k: v for k, v in test.items()})
-    if model.arch_variables:
-        results["derived_architecture"] = model.derived_architecture()
-        log.info("Derived architecture: --architecture=%s", results["derived_architecture"])
-    if chief:
-        runs.export(model, run_dir, data_dir)
-        if model.arch_variables and (run_dir / plot_arch.PI_HISTORY_FILE).is_file():
-            plot_arch.plot_history(run_dir)
-            log.info("pi.gif and pi.png in %s", run_dir)
-        (run_dir / "results.json").write_text(json.dumps(results, indent=1))
-    for writer in writers.values():
-        writer.flush()
-    return results
+        training.end_epoch()
+    return training.finish()
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line.
 
 
-def field_comments(settings_class):
-    """{field name: its trailing comment} of a dataclass: the comments written once are the flags' help."""
-    return dict(re.findall(r"^\s+(\w+): [^#\n]*#\s*(.+)$", inspect.getsource(settings_class), re.MULTILINE))
-
-
-def field_kind(field):
-    """(int, float, bool, str or tuple, whether None is allowed) of a ModelConfig, TrainConfig or RunOptions field."""
-    alternatives = typing.get_args(field.type) or (field.type,)  # int | None -> (int, NoneType); int -> ().
-    kinds = [kind for kind in alternatives if kind is not type(None)]
-    return typing.get_origin(kinds[0]) or kinds[0], len(kinds) < len(alternatives)
-
-
-def define_dataclass_flags(settings_class, flag_values, skip=()):
-    """One flag per field, with the field's default and its comment as help; tuples are comma-separated lists."""
-    from absl import flags
-
-    define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_boolean,
-              str: flags.DEFINE_string, tuple: flags.DEFINE_list}
-    comments = field_comments(settings_class)
-    for field in dataclasses.fields(settings_class):
-        if field.name not in skip:
-            kind, _ = field_kind(field)
-            default = field.default if kind is not tuple or field.default is None else [str(v) for v in field.default]
-            define[kind](field.name, default, comments[field.name], flag_values=flag_values)
-
-
-def dataclass_from_flags(settings_class, flag_values, **given):
-    """The dataclass that the flags describe; an empty --x= leaves an optional field None."""
-    values = {}
-    for field in dataclasses.fields(settings_class):
-        if field.name in given:
-            continue
-        value, (kind, optional) = flag_values[field.name].value, field_kind(field)
-        if optional and value in (None, "", []):
-            value = None
-        elif kind is tuple:
-            value = tuple(int(v) for v in value)  # Every tuple field holds ints (cutoffs, widths).
-        values[field.name] = value
-    return settings_class(**values, **given)
-
-
 def define_flags(flag_values=None):
-    """The flags of train.py (and bench.py): ModelConfig's (but vocab_size, the dataset's), TrainConfig's and RunOptions'."""
-    from absl import flags
-
-    flag_values = flags.FLAGS if flag_values is None else flag_values
-    flags.DEFINE_string("data_dir", data_utils.DEFAULT_DATA_DIR, "Dataset built by ./create_tfrecords.sh.",
-                        flag_values=flag_values)
-    flags.DEFINE_string("logdir", "logs", "Runs go to LOGDIR/MODEL_NAME (as in tensorboard --logdir).",
-                        flag_values=flag_values)
-    flags.DEFINE_string("model_name", "base", "Name of the run (its directory under --logdir).", flag_values=flag_values)
-    define_dataclass_flags(ModelConfig, flag_values, skip=("vocab_size",))
-    define_dataclass_flags(TrainConfig, flag_values)
-    define_dataclass_flags(RunOptions, flag_values)
-    return flag_values
-
-
-def configs_from_flags(flag_values, vocab_size):
-    return (dataclass_from_flags(ModelConfig, flag_values, vocab_size=vocab_size),
-            dataclass_from_flags(TrainConfig, flag_values), dataclass_from_flags(RunOptions, flag_values))
+    """The flags of train.py (and bench.py), made from the dataclasses in config.py."""
+    return define_setting_flags(data_utils.DEFAULT_DATA_DIR, flag_values)
 
 
 def main(argv):
@@ -606,7 +543,7 @@ def main(argv):
         devices.make_strategy(options.strategy)  # MultiWorkerMirroredStrategy refuses to start after any TF op.
         results = train_and_evaluate(model_config, config, flag_values.data_dir,
                                      pathlib.Path(flag_values.logdir) / flag_values.model_name, options)
-    except (ValueError, NonFiniteLossError, runs.CheckpointError) as error:  # DataError is a ValueError.
+    except (ValueError, NonFiniteLossError, checkpoints.CheckpointError) as error:  # DataError is a ValueError.
         sys.exit(f"train.py: error: {error}")
     except tf.errors.DataLossError as error:
         sys.exit(f"train.py: error: {flag_values.data_dir}: a TFRecord file is damaged ({data_utils.error_line(error)}); "

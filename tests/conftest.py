@@ -1,9 +1,13 @@
-"""Shared test settings: quiet TensorFlow and locate the optional offline WikiText-2 copy."""
+"""Shared test settings and helpers: quiet TensorFlow, the optional offline WikiText-2 copy, a tiny model, a small
+corpus and run, and the one-error-line check. Imports no TensorFlow itself: the helpers that need it import it.
+"""
 import os
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,3 +31,56 @@ def write_corpus(folder, lines_per_split=(300, 40, 40), seed=0):
         lines = [" " + " ".join(rng.choice(WORDS, rng.integers(0, 30))) + " " for _ in range(num_lines)]
         (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def run_script(*args, timeout=120):
+    """Runs a script of the repository as a user would, from its root, capturing its output."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def error_line(result, script):
+    """The single `script: error:` line of a failed run, which shows no traceback."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"{script}: error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+SMALL_DATA = dict(vocab_size=40, batch_size=4, seq_len=8)
+
+
+def build_small_dataset(output_dir, corpus, **settings):
+    import build_data
+    import data_utils
+
+    build_data.build_dataset(output_dir, data_utils.find_split_files(corpus), **{**SMALL_DATA, **settings})
+    return output_dir
+
+
+def make_run(root, data_dir):
+    """A run directory on `data_dir` with its config.json, a checkpoint ckpt-1 and an export of untrained weights."""
+    import tensorflow as tf
+
+    import checkpoints
+    import data_utils
+    import runs
+    from config import ModelConfig, TrainConfig
+
+    metadata = data_utils.load_metadata(data_dir)
+    model_config = ModelConfig(vocab_size=metadata["vocab_size"], cutoffs=(), **TINY_MODEL)
+    run = runs.Run(root / "run")
+    run.directory.mkdir()
+    run.check_or_save_config(runs.config_record(model_config, TrainConfig(), data_dir, metadata))
+    model = checkpoints.build_model(model_config)
+    tf.train.Checkpoint(model_variables=list(model.variables)).save(str(run.checkpoint_dir / "ckpt"))  # ckpt-1, the latest.
+    checkpoints.export(model, run, data_dir)
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A run of untrained weights on a small dataset: config, checkpoint and export (make_run)."""
+    root = tmp_path_factory.mktemp("trained")
+    return make_run(root, build_small_dataset(root / "data", write_corpus(root / "corpus")))

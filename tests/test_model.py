@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY_MODEL
-from model import (AttentionBlock, DenseBlock, Dropout, IdentityBlock, LayerNorm, ModelConfig, RelativeMultiHeadAttention,
-                   StochasticBlock, TransformerXL, UnscaledReLUDropout, count_parameters, flops_per_token)
+from config import ModelConfig
+from model import (AttentionBlock, DenseBlock, Dropout, IdentityBlock, LayerNorm, RelativeMultiHeadAttention,
+                   StochasticBlock, TransformerXL, UnscaledReLUDropout, count_parameters)
 
 TINY = dict(vocab_size=50, cutoffs=(20, 35), **TINY_MODEL)
 
@@ -264,21 +265,6 @@ def test_half_precision_is_finite_with_empty_memory(policy):
 # Config, serialisation and accounting.
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    (dict(num_heads=3), "num_heads=3"),
-    (dict(architecture="AAXD"), "architecture='AAXD'"),
-    (dict(architecture=""), "architecture=''"),
-    (dict(cutoffs=(30, 20)), "cutoffs=(30, 20)"),
-    (dict(d_model=15, num_heads=1), "d_model=15"),
-    (dict(mem_len=-1), "mem_len=-1"),
-    (dict(clamp_len=0), "clamp_len=0"),
-    (dict(dropout_rate=1.0), "dropout_rate=1.0"),
-])
-def test_bad_configs_are_refused_with_the_field_and_value(overrides, fragment):
-    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
-        ModelConfig(**{**TINY, **overrides})
-
-
 def test_config_round_trips_through_json_and_keras():
     config = ModelConfig(**{**TINY, "architecture": "ADI", "proj_dims": (8, 4)})
     assert config.num_layers == 3 and config.head_dim == 8
@@ -293,21 +279,17 @@ def test_config_round_trips_through_json_and_keras():
     assert rebuilt.gumbel_per_example
 
 
-def test_parameter_counts_cover_every_weight_and_flops_follow_the_blocks():
+def test_parameter_counts_and_the_summary_cover_every_weight():
     for architecture in (None, "AADDDI"):
         model = tiny_model(architecture=architecture, pre_norm=True)
         counts = count_parameters(model)
-        assert counts["total"] == sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        total = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        assert counts["total"] == total
         assert counts["total"] == sum(value for key, value in counts.items() if key != "total")
-    config = ModelConfig(**{**TINY, "num_layers": 6})
-
-    def flops(architecture, **kwargs):
-        return flops_per_token(dataclasses.replace(config, architecture=architecture), 8, **kwargs)
-
-    assert flops("DDDDDD") < flops("AADDDI") < flops(None)
-    # The SuperNet runs attention and dense in every block; identity and the output layer cost the same.
-    assert flops(None) == pytest.approx(flops("AAAAAA") + flops("DDDDDD") - flops("IIIIII"))
-    assert flops(None, training=True) == pytest.approx(3 * flops(None))
+        lines = model.summary_lines(batch_size=2, seq_len=5)
+        layers = [int(line.split()[-1].replace(",", "")) for line in lines[1:-1]]
+        assert sum(layers) == total and lines[-1].split()[-1] == f"{total:,}"
+        assert "?" not in "".join(lines) and "[2, 5, 16]" in lines[2]
 
 
 def test_tied_embeddings_share_the_shortlist_weights():
@@ -417,7 +399,12 @@ def test_compiled_argmax_evaluation_runs_only_the_chosen_candidates_and_equals_t
     for block, logits in zip(supernet.blocks, ([0.0, 0.0, 0.4], [0.0, 2.0, 1.0], [0.3, 0.0, 0.0])):
         block.arch_logits.assign(logits)
     fixed = copy_choices_into_fixed_model(supernet, "IDA")
+    for block, choice in zip(supernet.blocks, "IDA"):  # A candidate that ran would spread its NaNs.
+        for candidate, kind in zip(block.candidates, "ADI"):
+            for weight in candidate.weights if kind != choice else []:
+                weight.assign(tf.fill(weight.shape, float("nan")))
     segment = random_tokens((2, 5), seed=3)
-    step = tf.function(lambda model: model.token_nll(segment, segment, model.initial_memory(2), eval_mode="argmax")[0],
+    step = tf.function(lambda model, mode: model.token_nll(segment, segment, model.initial_memory(2), eval_mode=mode)[0],
                        jit_compile=jit_compile)
-    np.testing.assert_allclose(step(supernet), step(fixed), atol=1e-5)
+    np.testing.assert_allclose(step(supernet, "argmax"), step(fixed, "mix"), atol=1e-5)
+    assert np.all(np.isnan(step(supernet, "mix")))  # Mixing runs every candidate.

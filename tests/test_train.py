@@ -1,5 +1,5 @@
-"""train.py, evaluate.py and generate.py: learning, exact resume, the NaN guard and the whole loop;
-devices.py: the chief, and where each worker saves."""
+"""train.py: learning, exact resume (paused, killed, damaged), the NaN guard, the schedules, the whole loop from
+the command line and the notebook, XLA, mixed precision and distribution strategies."""
 import contextlib
 import dataclasses
 import json
@@ -24,11 +24,12 @@ from PIL import Image
 import data_utils
 import generate
 import devices
+import checkpoints
 import runs
 import train
-from adaptive_softmax import tail_shares
-from conftest import REPO_ROOT, TINY_MODEL, write_corpus
-from model import ModelConfig
+from conftest import REPO_ROOT, TINY_MODEL, error_line, write_corpus
+from config import ModelConfig, RunOptions, TrainConfig
+from costs import tail_shares
 
 TINY_FLAGS = [f"--{name}={value}" for name, value in TINY_MODEL.items()] + ["--cutoffs=10,20"]  # cutoffs last.
 
@@ -37,9 +38,9 @@ def test_loss_falls_near_zero_on_a_repeating_pattern(tmp_path):
     pattern = [2, 7, 3, 9, 5, 4, 8]  # Period 7: each token is determined by the previous one.
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", pattern * 300, vocab_size=12, batch_size=4, seq_len=8)
     model_config = ModelConfig(vocab_size=12, cutoffs=(), **{**TINY_MODEL, "dropout_rate": 0.0})
-    config = train.TrainConfig(epochs=4, max_lr=3e-3, warmup_steps=10, clip_norm=1.0)
+    config = TrainConfig(epochs=4, max_lr=3e-3, warmup_steps=10, clip_norm=1.0)
     results = train.train_and_evaluate(model_config, config, data_dir, tmp_path / "run",
-                                       train.RunOptions(log_every=20, checkpoint_every=1000))
+                                       RunOptions(log_every=20, checkpoint_every=1000))
     assert results["valid_loss"] < 0.05, results
     pi = [read_scalars(tmp_path / "run" / "train", f"pi/block_0/{name}") for name in ("attention", "dense", "identity")]
     assert pi[0] and all(abs(sum(p[step] for p in pi) - 1) < 1e-5 for step in pi[0])  # Logged per candidate, by name.
@@ -61,15 +62,15 @@ def test_paused_and_resumed_run_matches_uninterrupted_run(tmp_path):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.random.default_rng(0).integers(1, 30, 1200),
                                     vocab_size=30, batch_size=4, seq_len=8)  # 37 batches per epoch.
     model_config = ModelConfig(vocab_size=30, cutoffs=(8, 16), **TINY_MODEL)
-    config = train.TrainConfig(epochs=2, max_lr=1e-3, warmup_steps=5)
-    options = train.RunOptions(log_every=1, checkpoint_every=1000)
+    config = TrainConfig(epochs=2, max_lr=1e-3, warmup_steps=5)
+    options = RunOptions(log_every=1, checkpoint_every=1000)
     straight = train.train_and_evaluate(model_config, config, data_dir, tmp_path / "straight", options)
     paused = dict(options.__dict__, stop_after_steps=23)  # Mid-epoch: memory and data position must survive.
-    assert train.train_and_evaluate(model_config, config, data_dir, tmp_path / "resumed", train.RunOptions(**paused)) == {}
+    assert train.train_and_evaluate(model_config, config, data_dir, tmp_path / "resumed", RunOptions(**paused)) == {}
     with open(tmp_path / "resumed" / "pi_history.jsonl", "a") as f:  # As if killed at step 25, after checkpoint 23.
         f.write(json.dumps(dict(step=24, tau=0.5, pi=[[1, 0, 0]] * 3)) + "\n")
     resumed = train.train_and_evaluate(model_config, config, data_dir, tmp_path / "resumed", options)
-    pi_histories = [[json.loads(line) for line in (tmp_path / run / "pi_history.jsonl").read_text().splitlines()]
+    pi_histories = [[json.loads(line) for line in runs.Run(tmp_path / run).pi_history_path.read_text().splitlines()]
                     for run in ("straight", "resumed")]
     assert [r["step"] for r in pi_histories[1]] == [r["step"] for r in pi_histories[0]] == list(range(1, 75))
     np.testing.assert_allclose([r["pi"] for r in pi_histories[1]], [r["pi"] for r in pi_histories[0]], atol=1e-6)
@@ -83,7 +84,7 @@ def test_paused_and_resumed_run_matches_uninterrupted_run(tmp_path):
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(600) % 20, vocab_size=20, batch_size=2, seq_len=8)
-    trainer = train.Trainer(ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL), train.TrainConfig(epochs=1),
+    trainer = train.Trainer(ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL), TrainConfig(epochs=1),
                             steps_per_epoch=37, batch_size=2)
     manager = tf.train.CheckpointManager(trainer.checkpoint, tmp_path / "checkpoints", max_to_keep=3)
     batches = iter(data_utils.make_dataset(data_dir, "train"))
@@ -109,31 +110,12 @@ def test_bad_flags_fail_before_training_with_one_line(tmp_path):
         result = subprocess.run([sys.executable, "train.py", f"--data_dir={data_dir}", f"--logdir={tmp_path / 'logs'}",
                                  "--d_model=16", "--cutoffs=", *extra], cwd=REPO_ROOT, capture_output=True, text=True,
                                 timeout=120)
-        assert result.returncode != 0
-        errors = [line for line in result.stderr.splitlines() if line.startswith("train.py: error:")]
-        assert len(errors) == 1 and fragment in errors[0], result.stderr
-        assert "Traceback" not in result.stderr
+        assert fragment in error_line(result, "train.py")
         assert not list((tmp_path / "logs").glob("*/checkpoints")) and not list((tmp_path / "logs").glob("*/config.json"))
 
 
-@pytest.mark.parametrize("settings, fragment", [
-    (dict(epochs=0), "--epochs=0"), (dict(tau_start=0.0), "--tau_start=0.0"), (dict(max_lr=-1.0), "--max_lr"),
-    (dict(jit_compile="yes"), "--jit_compile='yes'"), (dict(precision="int8"), "--precision='int8'"),
-    (dict(warmup_steps=-1), "--warmup_steps=-1")])
-def test_train_config_refuses_bad_settings_naming_the_flag(settings, fragment):
-    with pytest.raises(ValueError, match=fragment.replace("[", r"\[")):
-        train.TrainConfig(**settings)
-
-
-@pytest.mark.parametrize("settings", [dict(log_every=0), dict(checkpoint_every=0), dict(strategy="gpu"),
-                                      dict(intra_op_threads=-1), dict(eval_batches=-2)])
-def test_run_options_refuse_bad_settings_naming_the_flag(settings):
-    with pytest.raises(ValueError, match=f"--{next(iter(settings))}="):
-        train.RunOptions(**settings)
-
-
 def test_a_diverging_finite_loss_stops_like_nan():
-    trainer = train.Trainer(ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL), train.TrainConfig(epochs=1),
+    trainer = train.Trainer(ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL), TrainConfig(epochs=1),
                             steps_per_epoch=5, batch_size=2)
     tokens = tf.constant(np.arange(16).reshape(2, 8) % 19 + 1, tf.int32)
     trainer.train_step(tokens, tokens)
@@ -142,15 +124,6 @@ def test_a_diverging_finite_loss_stops_like_nan():
     trainer.train_step(tokens, tokens)
     with pytest.raises(train.NonFiniteLossError, match="diverged above 5.99 .* at step 2"):
         trainer.check_finite()
-
-
-def test_filter_log_probs_keeps_top_k_and_the_nucleus():
-    log_probs = np.log(np.array([0.05, 0.5, 0.1, 0.3, 0.05]))
-    assert np.isfinite(generate.filter_log_probs(log_probs, top_k=2)).nonzero()[0].tolist() == [1, 3]
-    # The nucleus of 0.75: 0.5 + 0.3 crosses it, so both are kept and nothing else.
-    assert np.isfinite(generate.filter_log_probs(log_probs, top_p=0.75)).nonzero()[0].tolist() == [1, 3]
-    assert np.isfinite(generate.filter_log_probs(log_probs, top_p=0.85)).nonzero()[0].tolist() == [1, 2, 3]
-    assert np.isfinite(generate.filter_log_probs(log_probs)).all()
 
 
 def run_script(*args):
@@ -168,16 +141,16 @@ def test_shell_scripts_run_the_whole_loop(tmp_path):
     run_script("./base_model.sh", f"--data_dir={data_dir}", f"--logdir={log_dir}", "--epochs=2", *TINY_FLAGS,
                "--warmup_steps=5", "--log_every=5", "--checkpoint_every=20")
     run_dir = log_dir / "base"
-    results = json.loads((run_dir / "results.json").read_text())
+    results = json.loads(runs.Run(run_dir).results_path.read_text())
     for key in ("valid_perplexity", "valid_word_perplexity", "valid_argmax_perplexity", "test_perplexity",
                 "test_word_perplexity"):
         assert math.isfinite(results[key]) and results[key] > 1, key
     assert len(results["derived_architecture"]) == 3
-    log = (run_dir / "training_log.log").read_text()
+    log = runs.Run(run_dir).log_path.read_text()
     assert "Parameters:" in log and "validation:" in log and "test:" in log and "tokens_per_second" in log
     assert list((run_dir / "train").glob("events.out.tfevents.*")) and list((run_dir / "valid").glob("events.*"))
-    assert tf.train.latest_checkpoint(run_dir / "checkpoints") and tf.train.latest_checkpoint(run_dir / "checkpoints" / "best")
-    history = (run_dir / "pi_history.jsonl").read_text().splitlines()
+    assert tf.train.latest_checkpoint(runs.Run(run_dir).checkpoint_dir) and tf.train.latest_checkpoint(runs.Run(run_dir).best_dir)
+    history = runs.Run(run_dir).pi_history_path.read_text().splitlines()
     with Image.open(run_dir / "pi.gif") as gif:
         assert gif.n_frames == len(history) > 1
     assert (run_dir / "pi.png").is_file()
@@ -213,7 +186,7 @@ def test_notebook_runs_headless_with_a_tiny_configuration(tmp_path):
 
 def interval_losses(data_dir, precision, steps):
     trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(8, 16), **{**TINY_MODEL, "dropout_rate": 0.0}),
-                            train.TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=10, precision=precision),
+                            TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=10, precision=precision),
                             steps_per_epoch=steps, batch_size=4)
     losses = []
     for inputs, targets in data_utils.make_dataset(data_dir, "train").repeat().take(steps):
@@ -224,7 +197,7 @@ def interval_losses(data_dir, precision, steps):
 def stream_losses(data_dir, steps, **trainer_options):
     """Training losses of the tiny model with cutoffs (8, 16), in float32 and without dropout."""
     trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(8, 16), **{**TINY_MODEL, "dropout_rate": 0.0}),
-                            train.TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=2, precision="float32"),
+                            TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=2, precision="float32"),
                             steps_per_epoch=steps, batch_size=4, **trainer_options)
     batches = list(data_utils.make_dataset(data_dir, "train").take(steps))
     losses = [float(trainer.train_step(inputs, targets)) for inputs, targets in batches]
@@ -269,7 +242,7 @@ if "mirrored" in sys.argv[2:]:  # Two logical CPUs, one for each replica.
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import data_utils, devices, train
-from model import ModelConfig
+from config import ModelConfig, RunOptions, TrainConfig
 strategies = {"single": tf.distribute.get_strategy, "multi_worker": lambda: devices.make_strategy("multi_worker"),
               "mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
 model_config = ModelConfig(vocab_size=30, cutoffs=(8, 16), d_model=16, num_heads=2, d_ffn=32, num_layers=3, mem_len=4,
@@ -277,7 +250,7 @@ model_config = ModelConfig(vocab_size=30, cutoffs=(8, 16), d_model=16, num_heads
 losses = {}
 for name in sys.argv[2:]:
     strategy = strategies[name]()
-    trainer = train.Trainer(model_config, train.TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=5, precision="float32"), 30, 4,
+    trainer = train.Trainer(model_config, TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=5, precision="float32"), 30, 4,
                             strategy)
     losses[name + "_replicas"] = strategy.num_replicas_in_sync
     losses[name] = []
@@ -376,21 +349,6 @@ def test_multi_worker_strategy_over_two_processes_matches_one_device(tmp_path):
     np.testing.assert_allclose(losses["multi_worker"], single["single"], rtol=5e-3)
 
 
-def test_the_chief_is_task_chief_or_else_worker_0_and_only_it_saves_into_the_run(tmp_path):
-    def strategy(cluster, task_type, task_id):
-        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-            tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
-        return types.SimpleNamespace(cluster_resolver=resolver)
-
-    workers = {"worker": ["localhost:1", "localhost:2"]}
-    with_chief = {"chief": ["localhost:3"], **workers}
-    assert devices.is_chief(tf.distribute.get_strategy())
-    assert devices.is_chief(strategy(workers, "worker", 0)) and not devices.is_chief(strategy(workers, "worker", 1))
-    assert devices.is_chief(strategy(with_chief, "chief", 0)) and not devices.is_chief(strategy(with_chief, "worker", 0))
-    assert devices.checkpoint_write_dir(tmp_path, strategy(workers, "worker", 0)) == tmp_path / "checkpoints"
-    assert devices.checkpoint_write_dir(tmp_path, strategy(workers, "worker", 1)) == tmp_path / "workertemp_1" / "checkpoints"
-
-
 def printed_results(output):
     """The results dict train.py prints last (indented JSON after the logs), or None if it printed none."""
     start = output.rfind("\n{\n")
@@ -418,24 +376,24 @@ def test_multi_worker_train_py_writes_one_run_directory_and_resumes(tmp_path):
         assert all("Stopped at step 6" in output and printed_results(output) is None for output in paused)
         assert sorted(path.name for path in run_dir.iterdir()) == [
             "checkpoints", "config.json", "pi_history.jsonl", "train", "training_log.log", "valid"]
-        assert tf.train.latest_checkpoint(run_dir / "checkpoints").endswith("ckpt-6")
+        assert tf.train.latest_checkpoint(runs.Run(run_dir).checkpoint_dir).endswith("ckpt-6")
         outputs = run_together([(command, worker) for worker in workers], tmp_path)
 
     assert "Resumed from" in outputs[1] and "ckpt-6 at step 6" in outputs[1]
     chief, other = [printed_results(output) for output in outputs]
     assert other == chief
     assert math.isfinite(chief["valid_perplexity"]) and math.isfinite(chief["test_perplexity"])
-    assert json.loads((run_dir / "results.json").read_text()) == chief
+    assert json.loads(runs.Run(run_dir).results_path.read_text()) == chief
     # One set of outputs, written once: no worker's temporary directory is left, and each record appears once.
     assert sorted(path.name for path in run_dir.iterdir()) == [
         "checkpoints", "config.json", "export", "pi.gif", "pi.png", "pi_history.jsonl", "results.json", "train",
         "training_log.log", "valid"]
-    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir() if path.is_dir()) == ["best"]
-    assert tf.train.latest_checkpoint(run_dir / "checkpoints").endswith(f"ckpt-{steps}")
-    assert tf.train.latest_checkpoint(run_dir / "checkpoints" / "best").endswith(f"ckpt-{steps}")
-    assert [json.loads(line)["step"] for line in (run_dir / "pi_history.jsonl").read_text().splitlines()] == list(
+    assert sorted(path.name for path in runs.Run(run_dir).checkpoint_dir.iterdir() if path.is_dir()) == ["best"]
+    assert tf.train.latest_checkpoint(runs.Run(run_dir).checkpoint_dir).endswith(f"ckpt-{steps}")
+    assert tf.train.latest_checkpoint(runs.Run(run_dir).best_dir).endswith(f"ckpt-{steps}")
+    assert [json.loads(line)["step"] for line in runs.Run(run_dir).pi_history_path.read_text().splitlines()] == list(
         range(3, steps + 1, 3))
-    log = (run_dir / "training_log.log").read_text()
+    log = runs.Run(run_dir).log_path.read_text()
     assert log.count("Parameters:") == log.count("Resumed from") == log.count("test:") == 1
     assert len(list((run_dir / "train").glob("events.out.tfevents.*"))) == 2  # One per invocation of the chief.
     assert sorted(path.name for path in (run_dir / "export").iterdir()) == [
@@ -465,7 +423,7 @@ def test_fused_adam_matches_keras_adam_with_schedule_and_clipping():
 def test_the_first_step_uses_tau_start_and_the_last_tau_end(tmp_path):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(1, 30).repeat(4), vocab_size=30,
                                                batch_size=2, seq_len=8)
-    config = train.TrainConfig(epochs=1, tau_start=1.0, tau_end=0.1)
+    config = TrainConfig(epochs=1, tau_start=1.0, tau_end=0.1)
     steps = data_utils.load_metadata(data_dir)["splits"]["train"]["batches"]
     trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(), **TINY_MODEL), config, steps, batch_size=2)
     used = []
@@ -485,7 +443,7 @@ def test_the_first_step_uses_tau_start_and_the_last_tau_end(tmp_path):
     ("weights", [0.0, 5e-4, 9e-4, 1e-3, 1e-3 * 0.5 * (1 + math.cos(math.pi * 40 / 90))]),  # Cosine over steps 10..100.
 ])
 def test_arch_schedules_set_the_logits_learning_rate_at_steps_0_5_9_10_50(arch_schedule, expected):
-    config = train.TrainConfig(arch_lr=1e-3, warmup_steps=10, arch_schedule=arch_schedule)
+    config = TrainConfig(arch_lr=1e-3, warmup_steps=10, arch_schedule=arch_schedule)
     schedule = train.arch_learning_rate_schedule(config, total_steps=100)
     rates = [float(schedule(step)) if callable(schedule) else schedule for step in (0, 5, 9, 10, 50)]
     np.testing.assert_allclose(rates, expected, rtol=1e-6, atol=1e-12)
@@ -494,7 +452,7 @@ def test_arch_schedules_set_the_logits_learning_rate_at_steps_0_5_9_10_50(arch_s
 def test_after_warmup_the_logits_stay_put_during_warmup_while_the_weights_learn(tmp_path):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(1, 30).repeat(4), vocab_size=30,
                                                batch_size=2, seq_len=8)
-    config = train.TrainConfig(warmup_steps=5, arch_schedule="after_warmup")
+    config = TrainConfig(warmup_steps=5, arch_schedule="after_warmup")
     trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(), **TINY_MODEL), config, 10, batch_size=2)
     logits, embedding = [v.numpy() for v in trainer.model.arch_variables], trainer.model.embedding.embeddings.numpy()
     batches = list(data_utils.make_dataset(data_dir, "train").take(6))
@@ -509,7 +467,7 @@ def test_after_warmup_the_logits_stay_put_during_warmup_while_the_weights_learn(
 def test_a_search_logs_its_auto_precision_epoch_time_and_derived_architecture(tmp_path):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(1, 30).repeat(4), vocab_size=30,
                                                batch_size=2, seq_len=8)
-    config = train.TrainConfig(epochs=1, precision="auto")
+    config = TrainConfig(epochs=1, precision="auto")
     results = train.train_and_evaluate(ModelConfig(vocab_size=30, cutoffs=(), **TINY_MODEL), config, data_dir,
                                        tmp_path / "run")
     cpu_flags = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").is_file() else ""
@@ -529,35 +487,35 @@ def tiny_stream_run(tmp_path):
     """A tiny dataset and configuration for the resume tests: 37 training batches an epoch."""
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.random.default_rng(0).integers(1, 30, 1200),
                                                vocab_size=30, batch_size=4, seq_len=8)
-    return data_dir, ModelConfig(vocab_size=30, cutoffs=(8, 16), **TINY_MODEL), train.TrainConfig(epochs=2, warmup_steps=5)
+    return data_dir, ModelConfig(vocab_size=30, cutoffs=(8, 16), **TINY_MODEL), TrainConfig(epochs=2, warmup_steps=5)
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_and_keeps_both(tmp_path):
     data_dir, model_config, config = tiny_stream_run(tmp_path)
     run_dir, options = tmp_path / "run", dict(log_every=1, checkpoint_every=5)
-    train.train_and_evaluate(model_config, config, data_dir, run_dir, train.RunOptions(stop_after_steps=12, **options))
-    damaged = run_dir / "checkpoints" / "ckpt-12.data-00000-of-00001"
+    train.train_and_evaluate(model_config, config, data_dir, run_dir, RunOptions(stop_after_steps=12, **options))
+    damaged = runs.Run(run_dir).checkpoint_dir / "ckpt-12.data-00000-of-00001"
     damaged.write_bytes(damaged.read_bytes()[:100])  # Truncated, as by a full disk.
-    for unfinished in (run_dir / "checkpoints" / "ckpt-15_temp", run_dir / "checkpoints" / "best" / "ckpt-15_temp"):
+    for unfinished in (runs.Run(run_dir).checkpoint_dir / "ckpt-15_temp", runs.Run(run_dir).best_dir / "ckpt-15_temp"):
         unfinished.mkdir(parents=True)  # What a save killed midway leaves.
         (unfinished / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\0" * 64)
-    train.train_and_evaluate(model_config, config, data_dir, run_dir, train.RunOptions(stop_after_steps=13, **options))
+    train.train_and_evaluate(model_config, config, data_dir, run_dir, RunOptions(stop_after_steps=13, **options))
     assert not list(run_dir.rglob("*_temp"))
-    log = (run_dir / "training_log.log").read_text()
+    log = runs.Run(run_dir).log_path.read_text()
     assert re.search(r"Could not read \S*ckpt-12 .*; resuming from \S*ckpt-10 instead", log)
     assert "Resumed from" in log and "at step 10." in log
-    assert (run_dir / "checkpoints" / "ckpt-10.index").is_file()  # Still kept: the rotation dropped the damaged one.
-    assert (run_dir / "checkpoints" / "damaged-ckpt-12.index").is_file()
-    for data_file in (run_dir / "checkpoints").glob("ckpt-*.data-*"):
+    assert (runs.Run(run_dir).checkpoint_dir / "ckpt-10.index").is_file()  # Still kept: the rotation dropped the damaged one.
+    assert (runs.Run(run_dir).checkpoint_dir / "damaged-ckpt-12.index").is_file()
+    for data_file in runs.Run(run_dir).checkpoint_dir.glob("ckpt-*.data-*"):
         data_file.write_bytes(b"\0" * 64)
-    with pytest.raises(runs.CheckpointError, match=r"No checkpoint in \S*checkpoints can be read: .*ckpt-13 .*ckpt-10"):
-        train.train_and_evaluate(model_config, config, data_dir, run_dir, train.RunOptions(**options))
+    with pytest.raises(checkpoints.CheckpointError, match=r"No checkpoint in \S*checkpoints can be read: .*ckpt-13 .*ckpt-10"):
+        train.train_and_evaluate(model_config, config, data_dir, run_dir, RunOptions(**options))
 
 
 @pytest.mark.slow
 def test_a_run_killed_between_the_end_of_epoch_saves_still_records_that_epochs_best(tmp_path, monkeypatch):
     data_dir, model_config, config = tiny_stream_run(tmp_path)
-    options = train.RunOptions(log_every=10, checkpoint_every=20)
+    options = RunOptions(log_every=10, checkpoint_every=20)
     straight = train.train_and_evaluate(model_config, config, data_dir, tmp_path / "straight", options)
     save = tf.train.CheckpointManager.save
 
@@ -572,7 +530,7 @@ def test_a_run_killed_between_the_end_of_epoch_saves_still_records_that_epochs_b
     monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
     resumed = train.train_and_evaluate(model_config, config, data_dir, tmp_path / "killed", options)
     assert resumed == straight
-    best = [json.loads((tmp_path / name / "checkpoints" / "best" / "best_valid.json").read_text())
+    best = [json.loads(runs.Run(tmp_path / name).best_path.read_text())
             for name in ("straight", "killed")]
     assert best[0] == best[1]
 
@@ -588,7 +546,7 @@ def test_sigkill_mid_epoch_then_the_same_command_matches_an_uninterrupted_run(tm
     process = subprocess.Popen([*command, f"--logdir={killed_dir}"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (killed_dir / "base" / "checkpoints" / "ckpt-20.index").is_file() and time.time() < deadline:
+    while not (runs.Run(killed_dir / "base").checkpoint_dir / "ckpt-20.index").is_file() and time.time() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -603,43 +561,13 @@ def test_a_truncated_tfrecord_stops_training_with_one_line_and_keeps_the_checkpo
     command = [sys.executable, "train.py", f"--data_dir={data_dir}", f"--logdir={tmp_path / 'logs'}", "--epochs=1",
                "--cutoffs=8,16", *TINY_FLAGS[:-1]]
     run_script(*command, "--checkpoint_every=5", "--stop_after_steps=10")
-    checkpoints = {path: path.read_bytes() for path in (tmp_path / "logs" / "base" / "checkpoints").rglob("*")
+    saved = {path: path.read_bytes() for path in runs.Run(tmp_path / "logs" / "base").checkpoint_dir.rglob("*")
                    if path.is_file()}
     record = next(data_dir.glob("train-*.tfrecord"))
     record.write_bytes(record.read_bytes()[: record.stat().st_size // 2])
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("train.py: error:")]
-    assert len(errors) == 1 and str(data_dir) in errors[0] and "damaged" in errors[0], result.stderr
-    assert {path: path.read_bytes() for path in checkpoints} == checkpoints
+    error = error_line(result, "train.py")
+    assert str(data_dir) in error and "damaged" in error
+    assert {path: path.read_bytes() for path in saved} == saved
 
 
-def test_help_explains_every_flag_in_words():
-    result = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=120)
-    assert "See TrainConfig" not in result.stdout
-    for settings_class in (ModelConfig, train.TrainConfig, train.RunOptions):
-        for field in dataclasses.fields(settings_class):
-            if field.name == "vocab_size":  # The dataset's, not a flag.
-                continue
-            help_line = re.search(rf"--(\[no\])?{field.name}: (.+)", result.stdout)
-            assert help_line and len(help_line.group(2).split()) >= 3, field.name
-
-
-def test_flags_are_generated_from_the_dataclasses_with_their_defaults():
-    from absl import flags
-
-    flag_values = train.define_flags(flags.FlagValues())
-    flag_values(["train.py"])
-    model, config, options = train.configs_from_flags(flag_values, vocab_size=12000)
-    assert (model, config, options) == (ModelConfig(vocab_size=12000), train.TrainConfig(), train.RunOptions())
-    assert model.cutoffs == (250, 2500) and model.architecture is None and model.d_head is None
-    flag_values(["train.py", "--cutoffs=20,100", "--proj_dims=8,4", "--architecture=ADI", "--d_head=8", "--pre_norm",
-                 "--max_lr=0.0003", "--log_every=7"])
-    model, config, options = train.configs_from_flags(flag_values, vocab_size=300)
-    assert (model.cutoffs, model.proj_dims, model.architecture, model.d_head, model.pre_norm) == ((20, 100), (8, 4),
-                                                                                                   "ADI", 8, True)
-    assert (config.max_lr, options.log_every) == (0.0003, 7)
-    flag_values(["train.py", "--cutoffs=", "--proj_dims=", "--architecture="])  # Empty: full softmax, the SuperNet.
-    model, _, _ = train.configs_from_flags(flag_values, vocab_size=300)
-    assert (model.cutoffs, model.proj_dims, model.architecture) == ((), None, None)

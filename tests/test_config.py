@@ -1,0 +1,86 @@
+"""config.py: every setting refused by name when bad, the flags made from the dataclasses, and the architecture string."""
+import dataclasses
+import re
+import subprocess
+import sys
+
+import pytest
+
+from config import (CANDIDATE_NAMES, CANDIDATES, CHOICES, ModelConfig, RunOptions, TrainConfig, configs_from_flags,
+                    define_flags, derived_architecture)
+from conftest import REPO_ROOT
+
+TINY = dict(vocab_size=50, cutoffs=(20, 35))
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    (dict(epochs=0), "--epochs=0"), (dict(tau_start=0.0), "--tau_start=0.0"), (dict(max_lr=-1.0), "--max_lr"),
+    (dict(jit_compile="yes"), "--jit_compile='yes'"), (dict(precision="int8"), "--precision='int8'"),
+    (dict(warmup_steps=-1), "--warmup_steps=-1")])
+def test_train_config_refuses_bad_settings_naming_the_flag(settings, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("[", r"\[")):
+        TrainConfig(**settings)
+
+
+@pytest.mark.parametrize("settings", [dict(log_every=0), dict(checkpoint_every=0), dict(strategy="gpu"),
+                                      dict(intra_op_threads=-1), dict(eval_batches=-2)])
+def test_run_options_refuse_bad_settings_naming_the_flag(settings):
+    with pytest.raises(ValueError, match=f"--{next(iter(settings))}="):
+        RunOptions(**settings)
+
+
+def test_help_explains_every_flag_in_words():
+    result = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    for settings_class in (ModelConfig, TrainConfig, RunOptions):
+        for field in dataclasses.fields(settings_class):
+            if field.name == "vocab_size":  # The dataset's, not a flag.
+                continue
+            help_text = re.search(rf"--(\[no\])?{field.name}: (.+?)(?=\n\s+--|\Z)", result.stdout, re.S)
+            assert help_text and len(help_text.group(2).split()) >= 3, field.name
+            for choice in CHOICES.get(field.name, ()):  # A field that takes a name says which it takes.
+                assert re.search(rf"\b{choice}\b", help_text.group(2)), (field.name, choice)
+
+
+def test_flags_are_generated_from_the_dataclasses_with_their_defaults():
+    from absl import flags
+
+    flag_values = define_flags("data/tfrecords", flags.FlagValues())
+    flag_values(["train.py"])
+    model, config, options = configs_from_flags(flag_values, vocab_size=12000)
+    assert (model, config, options) == (ModelConfig(vocab_size=12000), TrainConfig(), RunOptions())
+    assert model.cutoffs == (250, 2500) and model.architecture is None and model.d_head is None
+    flag_values(["train.py", "--cutoffs=20,100", "--proj_dims=8,4", "--architecture=ADI", "--d_head=8", "--pre_norm",
+                 "--max_lr=0.0003", "--log_every=7"])
+    model, config, options = configs_from_flags(flag_values, vocab_size=300)
+    assert (model.cutoffs, model.proj_dims, model.architecture, model.d_head, model.pre_norm) == ((20, 100), (8, 4),
+                                                                                                   "ADI", 8, True)
+    assert (config.max_lr, options.log_every) == (0.0003, 7)
+    flag_values(["train.py", "--cutoffs=", "--proj_dims=", "--architecture="])  # Empty: full softmax, the SuperNet.
+    model, _, _ = configs_from_flags(flag_values, vocab_size=300)
+    assert (model.cutoffs, model.proj_dims, model.architecture) == ((), None, None)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (dict(num_heads=3), "num_heads=3"),
+    (dict(architecture="AAXD"), "architecture='AAXD'"),
+    (dict(architecture=""), "architecture=''"),
+    (dict(cutoffs=(30, 20)), "cutoffs=(30, 20)"),
+    (dict(d_model=15, num_heads=1), "d_model=15"),
+    (dict(mem_len=-1), "mem_len=-1"),
+    (dict(clamp_len=0), "clamp_len=0"),
+    (dict(dropout_rate=1.0), "dropout_rate=1.0"),
+])
+def test_bad_configs_are_refused_with_the_field_and_value(overrides, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        ModelConfig(**{**TINY, **overrides})
+
+
+def test_derived_architecture_reads_the_argmax_of_each_block():
+    pi = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]
+    assert derived_architecture(pi) == "ADI"
+
+
+def test_candidate_names_are_the_architecture_letters_spelt_out():
+    assert CANDIDATE_NAMES == ("attention", "dense", "identity")  # TensorBoard's pi/block_i/<name> tags.
+    assert "".join(name[0].upper() for name in CANDIDATE_NAMES) == CANDIDATES
