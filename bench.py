@@ -12,6 +12,8 @@ spell on a shared machine slows every figure alike and the ratios between them h
 analytic model FLOPs per second (model.flops_per_token, each adaptive softmax tail counted for the
 stream's share of tokens in it) over the dense matmul peak at the same dtype and threads.
 """
+import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
+
 import dataclasses
 import json
 import math

@@ -13,6 +13,8 @@ record, checkpoint reading and export live in runs.py; threads, XLA, precision a
 strategy in devices.py. Every ModelConfig, TrainConfig and RunOptions field is a flag, with its
 comment as help.
 """
+import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
+
 import dataclasses
 import inspect
 import json
