@@ -61,7 +61,7 @@ def original_sources(path, destination):
         return git("--git-dir", str(path), "rev-parse", "HEAD").strip()
     except (OSError, subprocess.CalledProcessError):
         raise ValueError(f"{path}: neither a checkout nor a git directory of {ORIGINAL} "
-                            f"(expected {' and '.join(ORIGINAL_FILES)} in it or at its HEAD).") from None
+                         f"(expected {' and '.join(ORIGINAL_FILES)} in it or at its HEAD).") from None
 
 
 def original_python(venv):
