@@ -11,13 +11,20 @@ medians. The measurements are interleaved in rounds, the matmul peak among them,
 spell on a shared machine slows every figure alike and the ratios between them hold. MFU is the
 analytic model FLOPs per second (costs.flops_per_token, each adaptive softmax tail counted for the
 stream's share of tokens in it) over the dense matmul peak at the same dtype and threads.
+The JSON report's provenance names what was measured: the commit (and whether tracked files differed
+from it), the UTC date, the device, the CPU model and its bfloat16 instructions, TensorFlow's version
+and the precisions timed, with the flag that chose them and what --precision=auto picks here and why.
 """
+import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
+
 import dataclasses
+import datetime
 import json
 import math
 import os
-import platform
+import pathlib
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -128,11 +135,32 @@ def device_name():
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+    return devices.cpu_model()
+
+
+def git_commit(directory):
+    """(HEAD's commit, whether tracked files differ from it) of the checkout at `directory`; (None, None) outside one."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, check=True).stdout.strip()
+
     try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "CPU"
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+
+
+def provenance(precisions, chosen_by):
+    """What a record was measured with: the code's commit, the date, the machine, TensorFlow and the precision.
+
+    precisions: the precisions timed; chosen_by: the flag that chose them, and why where --precision=auto did.
+    """
+    commit, dirty = git_commit(pathlib.Path(__file__).resolve().parent)
+    train_default, reason = devices.resolve_precision(TrainConfig().precision)
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return dict(commit=commit, dirty=dirty, date_utc=date, command=sys.argv, device=device_name(), cpu=devices.cpu_model(),
+                cpu_bfloat16_features=devices.cpu_bfloat16_features(), tensorflow=tf.__version__,
+                precision=dict(timed=precisions, chosen_by=chosen_by, train_default=train_default,
+                               train_default_reason=reason))
 
 
 def main(argv):
@@ -140,18 +168,21 @@ def main(argv):
     vocab_size, batch_size, seq_len = flag_values.vocab_size, flag_values.batch_size, flag_values.seq_len
     model_config, train_config, run_options = configs_from_flags(flag_values, vocab_size)
     devices.set_intra_op_threads(run_options.intra_op_threads)  # Before any TensorFlow op.
-    precisions = ([devices.resolve_precision(train_config.precision)[0]] if flag_values["precision"].present
-                  else flag_values.precisions)
+    if flag_values["precision"].present:
+        precision, reason = devices.resolve_precision(train_config.precision)
+        precisions, chosen_by = [precision], f"--precision={train_config.precision}" + (
+            f" ({reason})" if train_config.precision == "auto" else "")
+    else:
+        precisions, chosen_by = flag_values.precisions, f"--precisions={','.join(flag_values.precisions)}"
     strategy = devices.make_strategy(run_options.strategy)
     report = dict(
-        tensorflow=tf.__version__, device=device_name(), cpu_count=os.cpu_count(),
+        provenance=provenance(precisions, chosen_by), cpu_count=os.cpu_count(),
         intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
         inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads() or "default",
         strategy=run_options.strategy, replicas=strategy.num_replicas_in_sync, jit_compile=train_config.jit_compile,
         xla_train=devices.use_xla(train_config.jit_compile), batch_size=batch_size, seq_len=seq_len,
-        vocab_size=vocab_size, steps=flag_values.steps, command=sys.argv, parallel_matmuls=parallel_matmuls(),
-        default_precision=devices.resolve_precision(TrainConfig().precision)[0],
-        matmul_peak_flops={}, results=[],
+        vocab_size=vocab_size, steps=flag_values.steps, parallel_matmuls=parallel_matmuls(), matmul_peak_flops={},
+        results=[],
     )
     with tempfile.TemporaryDirectory() as data_dir:
         stream = synthetic_dataset(data_dir, vocab_size, batch_size, seq_len,
@@ -185,7 +216,9 @@ def main(argv):
 
 def print_table(report):
     peaks = ", ".join(f"{precision} {flops / 1e9:.0f}" for precision, flops in report["matmul_peak_flops"].items())
-    print(f"TensorFlow {report['tensorflow']} on {report['device']} ({report['cpu_count']} CPUs, "
+    origin = report["provenance"]
+    print(f"commit {origin['commit']}{' (with changes)' if origin['dirty'] else ''}, {origin['date_utc']}")
+    print(f"TensorFlow {origin['tensorflow']} on {origin['device']} ({report['cpu_count']} CPUs, "
           f"intra-op threads {report['intra_op_threads']}), --jit_compile={report['jit_compile']} "
           f"(training with XLA: {report['xla_train']}), batch {report['batch_size']} x seq_len {report['seq_len']}")
     print(f"matmul peak GFLOP/s: {peaks}; input pipeline {report['data_tokens_per_second']:,.0f} tokens/s; "

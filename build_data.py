@@ -8,6 +8,8 @@ The output directory holds spm.model, unigram.txt, metadata.json and {train,vali
 It is built in a temporary directory and renamed at the end, so it is complete or absent; the next
 build removes what a killed one left.
 """
+import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
+
 import json
 import os
 import pathlib

@@ -5,6 +5,7 @@ bench.py make it alike, and the training step itself reads as single-device code
 """
 import functools
 import pathlib
+import platform
 
 import tensorflow as tf
 
@@ -47,6 +48,24 @@ def dtype_policy(precision):
     return POLICIES[resolve_precision(precision)[0]]
 
 
+def cpuinfo(field):
+    """The first value of `field` ("model name", "flags") in /proc/cpuinfo, or "" where there is none."""
+    try:
+        lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == field), "")
+
+
+def cpu_model():
+    return cpuinfo("model name") or platform.processor() or "CPU"
+
+
+def cpu_bfloat16_features():
+    """The CPU's instructions for bfloat16 arithmetic that oneDNN uses, as /proc/cpuinfo names them."""
+    return [flag for flag in ("avx512_bf16", "amx_bf16") if flag in cpuinfo("flags").split()]
+
+
 def native_bfloat16():
     """Why this machine computes in bfloat16 natively (a TPU, a GPU of compute capability 8.0 or
     more, a CPU with AVX512_BF16 or AMX), or None where it would only emulate it."""
@@ -56,11 +75,7 @@ def native_bfloat16():
     if gpus:
         major, minor = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
         return f"GPU of compute capability {major}.{minor}" if major >= 8 else None
-    try:
-        flags = next(line for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return None
-    found = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags.split()]
+    found = cpu_bfloat16_features()
     return f"CPU with {' and '.join(found)}" if found else None
 
 

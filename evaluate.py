@@ -10,6 +10,8 @@ Perplexity is exp(total NLL / total scored tokens) over a whole split, never a m
 perplexities; word-level perplexity divides the same total NLL by the split's word count. The
 memory is carried through the split from empty, as in training.
 """
+import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
+
 import json
 import math
 import weakref

@@ -5,6 +5,8 @@
 The prompt is read in one segment, then each new token is fed back alone with the memory of the
 previous ones, as Transformer-XL evaluates: context reaches back mem_len positions per block.
 """
+import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
+
 import pathlib
 
 import numpy as np

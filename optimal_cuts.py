@@ -20,6 +20,8 @@ each tail weighted by its probability; the widths and each part's cost come from
 
 over prefix sums S of the probabilities is exact; each F_i(b) is one vectorised minimum over a.
 """
+import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
+
 import pathlib
 import sys
 import time

@@ -10,6 +10,8 @@ the first to the last, and the final frame as a PNG. Prints the derived architec
 `--architecture`. With --trajectories, draws instead each candidate's probability against the step,
 one panel per block and run, to compare how runs searched.
 """
+import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
+
 import io
 import pathlib
 import sys

@@ -10,6 +10,8 @@ Validation and test scores come from evaluate.py; checkpoints and the export fro
 threads, XLA, precision and the tf.distribute strategy from devices.py. Every field of
 config.ModelConfig, TrainConfig and RunOptions is a flag, with its comment as help.
 """
+import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
+
 import dataclasses
 import json
 import logging

@@ -1,4 +1,6 @@
-"""bench.py: its synthetic stream, its data defaults, and one tiny end-to-end run of the report."""
+"""bench.py: its synthetic stream, its data defaults, its provenance, and one tiny end-to-end run of the report."""
+import datetime
+import importlib.metadata
 import json
 import re
 import subprocess
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 
 import bench
+import devices
 from conftest import REPO_ROOT
 
 
@@ -25,6 +28,23 @@ def test_data_flags_default_to_the_default_dataset():
     assert (defaults["vocab_size"], defaults["batch_size"], defaults["seq_len"]) == ("12000", "32", "32")
 
 
+def test_git_commit_names_head_and_whether_tracked_files_changed(tmp_path):
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    assert bench.git_commit(tmp_path) == (None, None)  # Not a checkout.
+    git("init", "-q")
+    (tmp_path / "model.py").write_text("x = 1\n")
+    git("add", "model.py")
+    git("commit", "-q", "-m", "first")
+    head = git("rev-parse", "HEAD")
+    (tmp_path / "bench.json").write_text("{}")  # Untracked output is not a change to the code.
+    assert bench.git_commit(tmp_path) == (head, False)
+    (tmp_path / "model.py").write_text("x = 2\n")
+    assert bench.git_commit(tmp_path) == (head, True)
+
+
 @pytest.mark.slow
 def test_tiny_benchmark_writes_a_complete_report(tmp_path):
     output = tmp_path / "bench.json"
@@ -34,6 +54,15 @@ def test_tiny_benchmark_writes_a_complete_report(tmp_path):
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
+    origin = report["provenance"]
+    assert (origin["commit"], origin["dirty"]) == bench.git_commit(REPO_ROOT)
+    age = datetime.datetime.now(datetime.timezone.utc) - datetime.datetime.fromisoformat(origin["date_utc"])
+    assert datetime.timedelta(0) <= age < datetime.timedelta(minutes=10)
+    assert origin["cpu"] == devices.cpu_model() and origin["cpu_bfloat16_features"] == devices.cpu_bfloat16_features()
+    assert origin["tensorflow"] == importlib.metadata.version("tensorflow")
+    assert origin["precision"]["timed"] == ["float32", "bfloat16"]
+    assert origin["precision"]["chosen_by"] == "--precisions=float32,bfloat16"
+    assert origin["precision"]["train_default_reason"].startswith("auto: ")
     results = {(r["architecture"], r["precision"]): r for r in report["results"]}
     assert set(results) == {(a, p) for a in ("supernet", "AD") for p in ("float32", "bfloat16")}
     assert set(report["matmul_peak_flops"]) == {"float32", "bfloat16"}
