@@ -25,6 +25,7 @@ CHOICES = {
     "strategy": ("default", "mirrored", "multi_worker", "tpu"),
     "arch_schedule": ("constant", "after_warmup", "weights"),
     "eval_mode": ("mix", "argmax"),
+    "cost_source": ("flops", "table"),
 }
 
 
@@ -84,6 +85,7 @@ class ModelConfig:
     gumbel_per_example: bool = False  # One Gumbel sample per example ([B, 3]) instead of per step ([3]).
     straight_through: bool = False  # Hard one-hot Gumbel samples forward, soft gradients backward.
     tie_embeddings: bool = False  # The input embedding doubles as the output weights of the head's shortlist.
+    single_path: bool = False  # Training runs only each block's sampled candidate (GDAS): a hard sample forward, its soft gradient to the logits.
 
     def __post_init__(self):
         # JSON turns tuples into lists; a config read back must equal the one written.
@@ -115,6 +117,9 @@ class ModelConfig:
             raise ValueError(f"proj_dims={self.proj_dims} must give one width per cutoff (cutoffs={self.cutoffs}).")
         if self.clamp_len != -1 and self.clamp_len < 1:
             raise ValueError(f"clamp_len={self.clamp_len} must be -1 (no clamping) or at least 1.")
+        if self.single_path and self.gumbel_per_example:
+            raise ValueError("single_path=True runs one candidate per block for the whole batch; it cannot take "
+                             "gumbel_per_example=True (one sample per example).")
 
     @property
     def head_dim(self):
@@ -137,6 +142,12 @@ class TrainConfig:
     clip_norm: float = 0.25  # Global-norm gradient clipping of the weights (Transformer-XL's value); 0 disables.
     arch_lr: float = 1e-3  # Adam learning rate of the architecture logits (their peak under arch_schedule=weights).
     arch_schedule: str = "constant"  # The logits' learning rate by step: constant (arch_lr from step 0, as the original) | after_warmup (0 until the weights' warmup ends, then arch_lr) | weights (the weights' schedule scaled to peak at arch_lr).
+    arch_freeze_steps: int = 0  # The logits stay put for this many steps first, whatever arch_schedule; 0 = no freeze.
+    arch_holdout: float = 0.0  # Fraction of each epoch's training batches (its last ones, a stream of their own with its own memory) that update only the logits, the rest only the weights; 0 = both on every batch (the original).
+    cost_weight: float = 0.0  # lambda: the search's loss adds lambda x the expected cost of its blocks (pi-weighted, as a fraction of the costliest candidate's); 0 = cross-entropy alone.
+    cost_source: str = "flops"  # Each candidate's cost in that term: flops (forward FLOPs per token, costs.candidate_flops_per_token) | table (cost_table).
+    cost_table: tuple = ()  # Measured costs of attention, dense and identity (e.g. ms from bench.py's cost table), for cost_source=table.
+    cost_mem_len: int = -1  # With cost_source=flops: the memory length to count attention at, e.g. a long evaluation memory; -1 = mem_len.
     tau_start: float = 1.0  # Gumbel-softmax temperature of the first step.
     tau_end: float = 0.1  # Gumbel-softmax temperature of the last step, annealed exponentially from tau_start.
     seed: int = 0  # Seeds weights, dropout and Gumbel noise.
@@ -145,10 +156,18 @@ class TrainConfig:
 
     def __post_init__(self):
         """Refuses a bad setting before anything is written; the message names the flag."""
-        for name in ("jit_compile", "arch_schedule", "precision"):
+        for name in ("jit_compile", "arch_schedule", "precision", "cost_source"):
             check_choice(name, getattr(self, name))
-        check_at_least(self, epochs=1, warmup_steps=0, clip_norm=0.0, arch_lr=0.0)
+        check_at_least(self, epochs=1, warmup_steps=0, clip_norm=0.0, arch_lr=0.0, arch_freeze_steps=0, cost_weight=0.0,
+                       cost_mem_len=-1)
         check_positive(self, "max_lr", "tau_start", "tau_end")
+        if not 0.0 <= self.arch_holdout < 0.5:
+            raise ValueError(f"--arch_holdout={self.arch_holdout}: must be in [0, 0.5), a minority of the batches.")
+        self.cost_table = tuple(float(cost) for cost in self.cost_table)
+        if self.cost_source == "table" and (len(self.cost_table) != len(CANDIDATES) or min(self.cost_table) < 0
+                                            or max(self.cost_table) <= 0):
+            raise ValueError(f"--cost_table={','.join(map(str, self.cost_table))}: with --cost_source=table, give "
+                             f"{len(CANDIDATES)} costs ({', '.join(CANDIDATE_NAMES)}), none negative, not all 0.")
 
 
 @dataclasses.dataclass
@@ -171,6 +190,7 @@ class RunOptions:
 # ---------------------------------------------------------------------------------------------
 # Flags made from the dataclasses.
 
+FLOAT_LISTS = ("cost_table",)  # The tuple fields of floats; the others (cutoffs, widths) hold ints.
 SCRIPT = sys.argv[0]  # The flags are the running script's, so that its --help lists them (absl keys them so).
 
 
@@ -210,7 +230,7 @@ def dataclass_from_flags(settings_class, flag_values, **given):
         if optional and value in (None, "", []):
             value = None
         elif kind is tuple:
-            value = tuple(int(v) for v in value)  # Every tuple field holds ints (cutoffs, widths).
+            value = tuple(float(v) if field.name in FLOAT_LISTS else int(v) for v in value)
         values[field.name] = value
     return settings_class(**values, **given)
 

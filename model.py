@@ -320,8 +320,8 @@ class StochasticBlock(keras.layers.Layer):
     """A SuperNet block: the sum of its candidates' outputs weighted by a relaxed choice.
 
     Training: weights = Gumbel-softmax(arch_logits, tau), one sample per call ([3]) or per example
-    ([B, 3]); with straight_through a hard one-hot forward and soft gradients backward. Not
-    training: deterministic, pi = softmax(arch_logits) ("mix"), or the argmax candidate alone
+    ([B, 3]); with straight_through a hard one-hot forward and soft gradients backward; with
+    single_path only the sampled candidate runs (sampled_candidate). Not training: deterministic, pi = softmax(arch_logits) ("mix"), or the argmax candidate alone
     ("argmax", which runs only that candidate). arch_logits are logits, never probabilities, and
     start at zero (uniform pi). The layer owns a SeedGenerator so the Gumbel noise state is a
     variable: checkpointed, and valid inside XLA.
@@ -330,11 +330,12 @@ class StochasticBlock(keras.layers.Layer):
     own inputs to the compute dtype.
     """
 
-    def __init__(self, candidates, gumbel_per_example=False, straight_through=False, **kwargs):
+    def __init__(self, candidates, gumbel_per_example=False, straight_through=False, single_path=False, **kwargs):
         super().__init__(autocast=False, **kwargs)
         self.candidates = list(candidates)
         self.gumbel_per_example = gumbel_per_example
         self.straight_through = straight_through
+        self.single_path = single_path
         self.arch_logits = self.add_weight((len(self.candidates),), "zeros", dtype="float32", name="arch_logits")
         self.seed_generator = keras.random.SeedGenerator(name="gumbel_seed")
 
@@ -361,15 +362,31 @@ class StochasticBlock(keras.layers.Layer):
             branches = [functools.partial(candidate, x, memory, valid_length, training=False)
                         for candidate in self.candidates]
             return tf.switch_case(tf.argmax(self.arch_logits, output_type=tf.int32), branches)
+        if training and self.single_path:
+            return self.sampled_candidate(x, memory, valid_length, tau)
         weights = tf.cast(self.choice_weights(shape_list(x)[0], tau, training), self.compute_dtype)
         if self.gumbel_per_example:
             weights = weights[:, None, None, :]  # [B, 1, 1, 3]
         outputs = [candidate(x, memory, valid_length, training=training) for candidate in self.candidates]
         return sum(weights[..., i] * output for i, output in enumerate(outputs))
 
+    def sampled_candidate(self, x, memory, valid_length, tau):
+        """GDAS (Dong and Yang 2019): only the candidate k of a hard Gumbel sample runs, its output times
+        h_k = 1 - stop_gradient(s_k) + s_k, which is 1 forward while the soft sample s_k carries the
+        gradient to every logit."""
+        weights = gumbel_softmax(tf.convert_to_tensor(self.arch_logits), tf.cast(tau, tf.float32), hard=True,
+                                 seed=self.seed_generator)
+        weights = tf.cast(weights, self.compute_dtype)
+        def branch(i):
+            def run():
+                return weights[i] * self.candidates[i](x, memory, valid_length, training=True)
+            return run
+
+        return tf.switch_case(tf.argmax(weights, output_type=tf.int32), [branch(i) for i in range(len(self.candidates))])
+
     def get_config(self):
         return {**super().get_config(), "gumbel_per_example": self.gumbel_per_example,
-                "straight_through": self.straight_through,
+                "straight_through": self.straight_through, "single_path": self.single_path,
                 "candidates": [keras.saving.serialize_keras_object(c) for c in self.candidates]}
 
     @classmethod
@@ -435,7 +452,7 @@ class TransformerXL(keras.Model):
         if len(kinds) == 1:
             return candidate(kinds)
         return StochasticBlock([candidate(kind) for kind in kinds], config.gumbel_per_example,
-                               config.straight_through, dtype=dtype)
+                               config.straight_through, config.single_path, dtype=dtype)
 
     def build(self, tokens_shape):
         """Creates every weight from the tokens' shape [B, T], without running the model."""

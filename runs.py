@@ -21,7 +21,9 @@ import pathlib
 RETIRED_FIELDS = {"model": {"pad_id": 0, "eval_mode": None},
                   "train": {"opt_name": "adam", "weight_decay": 0.0}}
 # Fields added since, with the value that runs made before them had in effect.
-ADDED_FIELDS = {"train": {"arch_schedule": "constant"}}
+ADDED_FIELDS = {"model": {"single_path": False},
+                "train": {"arch_schedule": "constant", "arch_freeze_steps": 0, "arch_holdout": 0.0, "cost_weight": 0.0,
+                          "cost_source": "flops", "cost_table": [], "cost_mem_len": -1}}
 
 EXPORT_WEIGHTS = "model.weights.h5"  # Beside the config.json (and tokenizer) of an export directory.
 

@@ -13,6 +13,7 @@ config.ModelConfig, TrainConfig and RunOptions is a flag, with its comment as he
 import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -31,9 +32,9 @@ import devices
 import plot_arch
 import runs
 from adaptive_softmax import tail_capacities
-from config import CANDIDATE_NAMES, ModelConfig, RunOptions, TrainConfig, configs_from_flags
+from config import CANDIDATE_NAMES, CANDIDATES, ModelConfig, RunOptions, TrainConfig, configs_from_flags
 from config import define_flags as define_setting_flags
-from costs import flops_per_token, tail_shares
+from costs import candidate_flops_per_token, flops_per_token, tail_shares
 from evaluate import evaluate_both_ways
 from gumbel import ExponentialTauSchedule
 from model import Memory, TransformerXL, count_parameters
@@ -79,10 +80,38 @@ def learning_rate_schedule(config, total_steps):
 def arch_learning_rate_schedule(config, total_steps):
     """The architecture logits' learning rate: a float (constant) or a schedule by steps taken."""
     if config.arch_schedule == "after_warmup":  # Steps 0 .. warmup_steps - 1 take 0.
-        return keras.optimizers.schedules.PiecewiseConstantDecay([config.warmup_steps - 1], [0.0, config.arch_lr])
-    if config.arch_schedule == "weights":
-        return learning_rate_schedule(dataclasses.replace(config, max_lr=config.arch_lr), total_steps)
-    return config.arch_lr
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay([config.warmup_steps - 1], [0.0, config.arch_lr])
+    elif config.arch_schedule == "weights":
+        schedule = learning_rate_schedule(dataclasses.replace(config, max_lr=config.arch_lr), total_steps)
+    else:
+        schedule = config.arch_lr
+    return FrozenFirst(schedule, config.arch_freeze_steps) if config.arch_freeze_steps else schedule
+
+
+class FrozenFirst(keras.optimizers.schedules.LearningRateSchedule):
+    """0 for the first `steps` steps, then `schedule` (a float or a schedule by steps taken)."""
+
+    def __init__(self, schedule, steps):
+        self.schedule, self.steps = schedule, steps
+
+    def __call__(self, step):
+        rate = self.schedule(step) if callable(self.schedule) else self.schedule
+        return tf.where(step < self.steps, 0.0, tf.cast(rate, tf.float32))
+
+    def get_config(self):
+        return {"schedule": self.schedule, "steps": self.steps}
+
+
+def steps_frozen(config):
+    """Steps during which the logits' learning rate is 0: --arch_freeze_steps, or the warmup under after_warmup."""
+    return max(config.arch_freeze_steps, config.warmup_steps if config.arch_schedule == "after_warmup" else 0)
+
+
+def normalised_costs(candidate_costs, num_blocks):
+    """Each candidate's cost as a share of num_blocks of the costliest: so the expected cost of the blocks,
+    sum_blocks pi . costs, lies in [0, 1], and lambda is in nats per token for going from free to costliest."""
+    costs = np.asarray(candidate_costs, np.float64)
+    return costs / (num_blocks * costs.max())
 
 
 def make_weight_optimizer(config, schedule):
@@ -102,12 +131,20 @@ class Trainer:
     one global memory after each step, and their NLL sums are added before the perplexity.
     """
 
-    def __init__(self, model_config, config, steps_per_epoch, batch_size, strategy=None, tail_shares=None):
+    def __init__(self, model_config, config, steps_per_epoch, batch_size, strategy=None, tail_shares=None,
+                 candidate_costs=None):
         """tail_shares: each adaptive softmax tail's share of the training tokens. In a step compiled
         with XLA each tail then scores a static number of rows sized from it (tail_capacities), not
-        every row; without XLA each tail scores exactly its own rows anyway."""
+        every row; without XLA each tail scores exactly its own rows anyway.
+        candidate_costs: the cost of attention, dense and identity that config.cost_weight charges
+        the search for (see search_loss); needed when it is not 0.
+
+        With config.arch_holdout, train_step updates only the weights and heldout_step, on batches
+        of a stream of its own, only the logits, whose schedule then follows the global step.
+        """
         keras.utils.set_random_seed(config.seed)
         self.config = config
+        self.holdout = bool(config.arch_holdout) and model_config.architecture is None  # A SuperNet's search option.
         self.divergence_limit = 2 * math.log(model_config.vocab_size)  # Twice uniform guessing's loss.
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
@@ -122,7 +159,11 @@ class Trainer:
             self.model = TransformerXL(model_config, dtype=devices.dtype_policy(config.precision))
             self.learning_rate_schedule = learning_rate_schedule(config, self.total_steps)
             self.weight_optimizer = make_weight_optimizer(config, self.learning_rate_schedule)
-            self.arch_optimizer = FusedAdam(arch_learning_rate_schedule(config, self.total_steps))
+            arch_schedule = arch_learning_rate_schedule(config, self.total_steps)
+            if self.holdout and callable(arch_schedule):  # Its own count is of held-out steps only.
+                by_step = arch_schedule
+                arch_schedule = lambda: by_step(self.global_step)  # noqa: E731  (Keras takes a callable of no arguments.)
+            self.arch_optimizer = FusedAdam(arch_schedule)
             memory = self.model.initial_memory(batch_size)
             self.model(tf.zeros([batch_size, 1], tf.int32), memory)  # Builds every weight before optimizers see them.
             self.weight_optimizer.build(self.model.weight_variables)
@@ -139,10 +180,19 @@ class Trainer:
             self.first_bad_step = tf.Variable(-1, name="first_non_finite_step", **counter)
             self.nll_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="interval_nll_sum")
             self.token_count = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="interval_token_count")
+            if self.holdout:  # The held-out stream's own memory.
+                self.heldout_states = tf.Variable(memory.states, name="heldout_memory_states", **shared)
+                self.heldout_valid = tf.Variable(memory.valid_length, name="heldout_memory_valid_length", **shared)
+        if config.cost_weight and candidate_costs is None:
+            raise ValueError(f"--cost_weight={config.cost_weight} needs the candidates' costs.")
+        self.cost_shares = tf.constant(normalised_costs(candidate_costs, model_config.num_layers), tf.float32) \
+            if config.cost_weight else None
+        self.frozen_steps = steps_frozen(config)
         single_device = self.strategy is tf.distribute.get_strategy() or replicas == 1
         # XLA compiles the whole step on one device; across replicas the collectives stay outside it.
         self.jit_compile = devices.use_xla(config.jit_compile) and single_device
         self.train_step = tf.function(self._train_step, jit_compile=self.jit_compile)
+        self.heldout_step = tf.function(self._heldout_step, jit_compile=self.jit_compile)
         self.tail_shares = tail_shares if self.jit_compile and model_config.cutoffs else None
         # Keras 3 layers are not all tracked by tf.train.Checkpoint, so the model's variables
         # (weights, arch logits, RNG states) are saved as one ordered list.
@@ -157,6 +207,7 @@ class Trainer:
             batch_in_epoch=self.batch_in_epoch,
             nll_sum=self.nll_sum,
             token_count=self.token_count,
+            **(dict(heldout_states=self.heldout_states, heldout_valid=self.heldout_valid) if self.holdout else {}),
         )
 
     def counters(self):
@@ -179,13 +230,45 @@ class Trainer:
         return self.learning_rate_schedule(step - 1)
 
     def reset_memory(self):
+        """Empties the memory of the training stream, and of the held-out stream when there is one."""
         memory = self.model.initial_memory(self.batch_size)
-        self.memory_states.assign(memory.states)
-        self.memory_valid.assign(memory.valid_length)
+        for states, valid in self.streams.values():
+            states.assign(memory.states)
+            valid.assign(memory.valid_length)
+
+    @property
+    def streams(self):
+        """{stream: (its memory states, their valid length)}: "train", and "heldout" with arch_holdout."""
+        streams = {"train": (self.memory_states, self.memory_valid)}
+        if self.holdout:
+            streams["heldout"] = (self.heldout_states, self.heldout_valid)
+        return streams
+
+    def expected_cost(self):
+        """sum over blocks and candidates of pi x cost share: the search's cost, in [0, 1] (normalised_costs)."""
+        pi = tf.nn.softmax(tf.stack([tf.convert_to_tensor(logits) for logits in self.model.arch_variables]), axis=-1)
+        return tf.reduce_sum(pi * self.cost_shares)
+
+    def search_loss(self, nll_loss):
+        """What the logits minimise: the NLL per token plus cost_weight x expected_cost (an additive
+        cost term; lambda = 0 is the plain cross-entropy of the original's search)."""
+        if not (self.config.cost_weight and self.model.arch_variables):
+            return nll_loss
+        return nll_loss + self.config.cost_weight * self.expected_cost()
+
+    def _heldout_step(self, inputs, targets):
+        """inputs, targets [B, T] of the held-out stream: updates only the logits, at the tau of the
+        training step just taken. Returns the mean NLL per scored token."""
+        nll_sum, scored = self.strategy.run(functools.partial(self._replica_step, stream="heldout"),
+                                          args=(inputs, targets))
+        nll_sum = self.strategy.reduce(tf.distribute.ReduceOp.SUM, nll_sum, axis=None)
+        scored = self.strategy.reduce(tf.distribute.ReduceOp.SUM, scored, axis=None)
+        return nll_sum / tf.maximum(scored, 1.0)
 
     def _train_step(self, inputs, targets):
         """inputs, targets [B, T] of the global batch -> mean NLL per scored token."""
-        nll_sum, scored = self.strategy.run(self._replica_step, args=(inputs, targets))
+        nll_sum, scored = self.strategy.run(functools.partial(self._replica_step, stream="train"),
+                                          args=(inputs, targets))
         nll_sum = self.strategy.reduce(tf.distribute.ReduceOp.SUM, nll_sum, axis=None)
         scored = self.strategy.reduce(tf.distribute.ReduceOp.SUM, scored, axis=None)
         loss = nll_sum / tf.maximum(scored, 1.0)
@@ -200,39 +283,49 @@ class Trainer:
         self.first_bad_step.assign(tf.where(bad, self.global_step, self.first_bad_step))
         return loss
 
-    def _replica_step(self, inputs, targets):
-        """The distribution glue around `_update`: this replica's rows and memory in, the global memory out.
+    def _replica_step(self, inputs, targets, stream):
+        """The distribution glue around `_update`: this replica's rows and the stream's memory in, the
+        stream's global memory out.
 
         Replica r always takes rows r*B/R .. (r+1)*B/R - 1 of the global batch; on one device, all of
         them. Returns (NLL sum, scored tokens) of its rows.
         """
+        states, valid = self.streams[stream]
         context = tf.distribute.get_replica_context()
         rows = self.batch_size // context.num_replicas_in_sync
         first = context.replica_id_in_sync_group * rows
         inputs, targets = inputs[first : first + rows], targets[first : first + rows]
-        memory = Memory(self.memory_states[:, first : first + rows], self.memory_valid)
+        memory = Memory(states[:, first : first + rows], valid)
         scored = tf.reduce_sum(tf.cast(tf.not_equal(targets, data_utils.PAD_ID), tf.float32))
         # Normalised by the global count, the replicas' gradients add up to the global batch's.
-        nll_sum, new_memory = self._update(inputs, targets, memory, context.all_reduce(tf.distribute.ReduceOp.SUM, scored))
+        nll_sum, new_memory = self._update(inputs, targets, memory, context.all_reduce(tf.distribute.ReduceOp.SUM, scored),
+                                           stream)
         # Rows back in replica order; in float32, as CPU collectives take no bfloat16.
         gathered = context.all_gather(tf.cast(new_memory.states, tf.float32), axis=1)
-        self.memory_states.assign(tf.cast(gathered, self.memory_states.dtype))
-        self.memory_valid.assign(new_memory.valid_length)
+        states.assign(tf.cast(gathered, states.dtype))
+        valid.assign(new_memory.valid_length)
         return nll_sum, scored
 
-    def _update(self, inputs, targets, memory, scored):
-        """Forward, backward and both optimizers' updates, the loss being the rows' NLL per `scored` token.
+    def _update(self, inputs, targets, memory, scored, stream="train"):
+        """Forward, backward and the optimizers' updates, the loss being the rows' NLL per `scored` token
+        (plus the search's cost term for the logits, search_loss).
 
-        Returns (the rows' NLL sum, new Memory).
+        The training stream updates the weights, and the logits too unless they have a held-out stream,
+        which updates only them. Returns (the rows' NLL sum, new Memory).
         """
-        weights, arch = self.model.weight_variables, self.model.arch_variables
+        weights = self.model.weight_variables if stream == "train" else []
+        arch = self.model.arch_variables if stream == "heldout" or not self.holdout else []
         capacities = tail_capacities(self.tail_shares, targets.shape.num_elements()) if self.tail_shares else None
         loss_scaled = isinstance(self.weight_optimizer, keras.optimizers.LossScaleOptimizer)
+        # The held-out step follows the training step it belongs to, which counted itself already.
+        step = self.global_step + (1 if stream == "train" else 0)
         with tf.GradientTape() as tape:
-            nll, new_memory = self.model.token_nll(inputs, targets, memory, tau=self.tau_of_step(self.global_step + 1),
+            nll, new_memory = self.model.token_nll(inputs, targets, memory, tau=self.tau_of_step(step),
                                                    training=True, gather_rows=not self.jit_compile,
                                                    tail_capacities=capacities)
             loss = tf.reduce_sum(nll) / tf.maximum(scored, 1.0)
+            if arch:
+                loss = self.search_loss(loss)
             scaled_loss = self.weight_optimizer.scale_loss(loss) if loss_scaled else loss
         gradients = tape.gradient(scaled_loss, weights + arch)
         arch_gradients = gradients[len(weights):]
@@ -240,7 +333,8 @@ class Trainer:
             scale = tf.cast(self.weight_optimizer.dynamic_scale, tf.float32)
             finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in arch_gradients])
             arch_gradients = [tf.where(finite, g / scale, tf.zeros_like(g)) for g in arch_gradients]
-        self.weight_optimizer.apply(gradients[: len(weights)], weights)
+        if weights:
+            self.weight_optimizer.apply(gradients[: len(weights)], weights)
         if arch:
             self.arch_optimizer.apply(arch_gradients, arch)
         return tf.reduce_sum(nll), new_memory
@@ -291,6 +385,27 @@ def check_precision_for_strategy(precision, strategy_name):
                          "bfloat16 variables; pass --precision=float32.")
 
 
+def candidate_costs(model_config, config, seq_len):
+    """The cost of attention, dense and identity that the search's cost term charges: the measured
+    --cost_table, or each candidate's forward FLOPs per token (at --cost_mem_len where given)."""
+    if config.cost_source == "table":
+        return list(config.cost_table)
+    flops = candidate_flops_per_token(model_config, seq_len, None if config.cost_mem_len == -1 else config.cost_mem_len)
+    return [flops[kind] for kind in CANDIDATES]
+
+
+def heldout_batches(num_batches, fraction):
+    """How many of an epoch's last batches form the held-out stream: round(fraction x batches), at least
+    one where fraction > 0, and fewer than the batches left to the weights."""
+    if not fraction:
+        return 0
+    heldout = max(1, round(fraction * num_batches))
+    if heldout >= num_batches - heldout:
+        raise ValueError(f"--arch_holdout={fraction}: {heldout} of the {num_batches} training batches would leave "
+                         f"the weights no more; use a smaller fraction or more data.")
+    return heldout
+
+
 class Training:
     """One call of train_and_evaluate: its Trainer, run directory, log, event writers and data, and
     each piece of the loop's periodic work as one method.
@@ -318,10 +433,15 @@ class Training:
         self.log.info("Precision %s (%s), on %s.", precision, precision_reason,
                       ", ".join(device.name for device in tf.config.list_logical_devices()))
         self.batch_size, self.seq_len = self.metadata["batch_size"], self.metadata["seq_len"]
-        self.steps_per_epoch = self.metadata["splits"]["train"]["batches"]
+        train_batches = self.metadata["splits"]["train"]["batches"]
+        self.heldout_batches = heldout_batches(train_batches, config.arch_holdout) if model_config.architecture is None \
+            else 0
+        self.steps_per_epoch = train_batches - self.heldout_batches  # The weights' steps.
         unigram_path = pathlib.Path(data_dir) / data_utils.UNIGRAM_FILE  # Synthetic datasets have none.
         shares = tail_shares(np.loadtxt(unigram_path), model_config.cutoffs) if unigram_path.is_file() else None
-        self.trainer = Trainer(model_config, config, self.steps_per_epoch, self.batch_size, strategy, tail_shares=shares)
+        self.costs = candidate_costs(model_config, config, self.seq_len) if config.cost_weight else None
+        self.trainer = Trainer(model_config, config, self.steps_per_epoch, self.batch_size, strategy, tail_shares=shares,
+                               candidate_costs=self.costs)
         self.model = self.trainer.model
         self.run.check_or_save_config(record, save=self.chief)  # Only once the run can start.
         self.write_dir = devices.checkpoint_write_dir(self.run, strategy)
@@ -355,6 +475,23 @@ class Training:
                       flops_per_token(model_config, self.seq_len, tail_shares=shares))
         for line in self.model.summary_lines(self.batch_size, self.seq_len):
             self.log.info("%s", line)
+        if self.model.arch_variables:
+            self.log_search()
+
+    def log_search(self):
+        """How the logits learn: on which batches, from which step, and what the cost term charges."""
+        config = self.config
+        if self.heldout_batches:
+            self.log.info("Search: the last %d of each epoch's %d training batches update only the logits, the other "
+                          "%d only the weights.", self.heldout_batches, self.heldout_batches + self.steps_per_epoch,
+                          self.steps_per_epoch)
+        if self.trainer.frozen_steps:
+            self.log.info("Search: the logits stay put for the first %d steps.", self.trainer.frozen_steps)
+        if config.cost_weight:
+            self.log.info("Search cost: lambda %g x the expected cost; candidate costs (%s) from %s: %s, as shares of the "
+                          "costliest architecture: %s.", config.cost_weight, ", ".join(CANDIDATE_NAMES),
+                          config.cost_source, [round(cost, 6) for cost in self.costs],
+                          [round(float(share), 6) for share in self.trainer.cost_shares.numpy()])
 
     # The steps of an epoch.
 
@@ -371,12 +508,27 @@ class Training:
         self.progress = keras.utils.Progbar(self.steps_per_epoch, unit_name="step") if sys.stdout.isatty() else None
         self.epoch_start, self.first_batch, self.epoch_step_seconds = time.perf_counter(), self.batches_done, 0.0
         self.clock = self.epoch_start
-        for batch in data_utils.make_dataset(self.data_dir, "train").skip(self.batches_done):
+        batches = data_utils.make_dataset(self.data_dir, "train")
+        if self.heldout_batches:
+            self.heldout_done = self.heldout_due(self.batches_done)
+            self.heldout_iterator = iter(batches.skip(self.steps_per_epoch + self.heldout_done))
+        for batch in batches.take(self.steps_per_epoch).skip(self.batches_done):
             yield batch
             self.clock = time.perf_counter()
 
+    def heldout_due(self, batches_done):
+        """Held-out steps due after `batches_done` training steps of an epoch: spread evenly, so that
+        both streams end with the epoch."""
+        return batches_done * self.heldout_batches // self.steps_per_epoch
+
     def train_step(self, inputs, targets):
+        """One training step, then the held-out step that falls due (unless the logits are frozen)."""
         self.trainer.train_step(inputs, targets)
+        if self.heldout_batches and self.heldout_due(self.batches_done + 1) > self.heldout_done:
+            heldout = next(self.heldout_iterator)
+            if self.step + 1 >= self.trainer.frozen_steps:  # The learning rate of global step step + 1 is not 0.
+                self.trainer.heldout_step(*heldout)
+            self.heldout_done += 1
         seconds = time.perf_counter() - self.clock
         self.epoch_step_seconds += seconds
         self.interval_seconds += seconds
@@ -400,6 +552,8 @@ class Training:
         scalars = dict(loss=loss, perplexity=math.exp(min(loss, 50.0)), tau=float(self.trainer.tau_of_step(self.step)),
                        learning_rate=float(self.trainer.learning_rate_of_step(self.step)),
                        tokens_per_second=tokens / max(self.interval_seconds, 1e-9))
+        if self.config.cost_weight and self.model.arch_variables:
+            scalars["expected_cost"] = float(self.trainer.expected_cost())
         self.interval_seconds = 0.0
         with self.writers["train"].as_default(step=self.step):
             for key, value in scalars.items():

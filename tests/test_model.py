@@ -408,3 +408,46 @@ def test_compiled_argmax_evaluation_runs_only_the_chosen_candidates_and_equals_t
                        jit_compile=jit_compile)
     np.testing.assert_allclose(step(supernet, "argmax"), step(fixed, "mix"), atol=1e-5)
     assert np.all(np.isnan(step(supernet, "mix")))  # Mixing runs every candidate.
+
+
+def test_single_path_runs_one_sampled_candidate_and_passes_a_gradient_to_every_logit():
+    x, memory, valid_length = block_inputs()
+    block = StochasticBlock(candidates(), single_path=True)
+    block.build(x.shape)
+    block.arch_logits.assign([0.3, -0.2, 0.1])
+    outputs = [candidate(x, memory, valid_length, training=True) for candidate in block.candidates]
+    chosen = set()
+    for _ in range(12):
+        with tf.GradientTape() as tape:
+            y = block(x, memory, valid_length, tau=0.7, training=True)
+            total = tf.reduce_sum(y * tf.range(1.0, 17.0))
+        gradient = tape.gradient(total, block.arch_logits).numpy()
+        matches = [i for i, output in enumerate(outputs) if np.allclose(y, output, rtol=1e-6, atol=1e-6)]
+        assert len(matches) == 1  # The block's output is one candidate's, times exactly 1.
+        chosen.add(matches[0])
+        assert np.all(gradient != 0) and np.all(np.isfinite(gradient))
+    assert len(chosen) > 1  # Sampled, not fixed.
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_single_path_with_one_hot_pi_trains_as_the_fixed_architecture_without_running_the_others(jit_compile):
+    supernet = tiny_model(dropout_rate=0.0, single_path=True)
+    for block, choice in zip(supernet.blocks, "ADI"):  # pi one-hot in float32: every Gumbel sample picks the choice.
+        block.arch_logits.assign([40.0 if kind == choice else 0.0 for kind in "ADI"])
+    fixed = copy_choices_into_fixed_model(supernet, "ADI")
+    for block, choice in zip(supernet.blocks, "ADI"):  # A candidate that ran would spread its NaNs.
+        for candidate, kind in zip(block.candidates, "ADI"):
+            for weight in candidate.weights if kind != choice else []:
+                weight.assign(tf.fill(weight.shape, float("nan")))
+    segment = random_tokens((2, 5), seed=4)
+
+    @tf.function(jit_compile=jit_compile)
+    def loss_and_gradients(model):
+        with tf.GradientTape() as tape:
+            nll, _ = model.token_nll(segment, segment, model.initial_memory(2), tau=0.5, training=True)
+            loss = tf.reduce_mean(nll)
+        gradients = tape.gradient(loss, [model.embedding.embeddings, *model.output_layer.trainable_weights])
+        return [loss] + [tf.convert_to_tensor(gradient) for gradient in gradients]  # The embedding's are sparse.
+
+    for got, want in zip(loss_and_gradients(supernet), loss_and_gradients(fixed)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

@@ -57,12 +57,17 @@ def read_scalars(event_dir, tag):
     return values
 
 
+# The search's options each add state: the held-out stream and its memory, a freeze, the cost term, single paths.
+SEARCH_OPTIONS = dict(model=dict(single_path=True), train=dict(arch_holdout=0.2, arch_freeze_steps=3, cost_weight=0.5))
+
+
 @pytest.mark.slow
-def test_paused_and_resumed_run_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("search, steps_per_epoch", [(dict(model={}, train={}), 37), (SEARCH_OPTIONS, 30)])
+def test_paused_and_resumed_run_matches_uninterrupted_run(tmp_path, search, steps_per_epoch):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.random.default_rng(0).integers(1, 30, 1200),
                                     vocab_size=30, batch_size=4, seq_len=8)  # 37 batches per epoch.
-    model_config = ModelConfig(vocab_size=30, cutoffs=(8, 16), **TINY_MODEL)
-    config = TrainConfig(epochs=2, max_lr=1e-3, warmup_steps=5)
+    model_config = ModelConfig(vocab_size=30, cutoffs=(8, 16), **TINY_MODEL, **search["model"])
+    config = TrainConfig(epochs=2, max_lr=1e-3, warmup_steps=5, **search["train"])
     options = RunOptions(log_every=1, checkpoint_every=1000)
     straight = train.train_and_evaluate(model_config, config, data_dir, tmp_path / "straight", options)
     paused = dict(options.__dict__, stop_after_steps=23)  # Mid-epoch: memory and data position must survive.
@@ -72,14 +77,15 @@ def test_paused_and_resumed_run_matches_uninterrupted_run(tmp_path):
     resumed = train.train_and_evaluate(model_config, config, data_dir, tmp_path / "resumed", options)
     pi_histories = [[json.loads(line) for line in runs.Run(tmp_path / run).pi_history_path.read_text().splitlines()]
                     for run in ("straight", "resumed")]
-    assert [r["step"] for r in pi_histories[1]] == [r["step"] for r in pi_histories[0]] == list(range(1, 75))
+    assert [r["step"] for r in pi_histories[1]] == [r["step"] for r in pi_histories[0]] == list(range(1, 2 * steps_per_epoch + 1))
     np.testing.assert_allclose([r["pi"] for r in pi_histories[1]], [r["pi"] for r in pi_histories[0]], atol=1e-6)
     for tag in ("loss", "tau", "learning_rate"):
         expected = read_scalars(tmp_path / "straight" / "train", tag)
         actual = read_scalars(tmp_path / "resumed" / "train", tag)
-        assert sorted(actual) == sorted(expected) == list(range(1, 75))
+        assert sorted(actual) == sorted(expected) == list(range(1, 2 * steps_per_epoch + 1))
         np.testing.assert_allclose([actual[s] for s in expected], list(expected.values()), rtol=1e-6, err_msg=tag)
     assert resumed["valid_perplexity"] == pytest.approx(straight["valid_perplexity"], rel=1e-6)
+    assert len({json.dumps(r["pi"]) for r in pi_histories[0]}) > 1  # The logits moved.
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -571,3 +577,60 @@ def test_a_truncated_tfrecord_stops_training_with_one_line_and_keeps_the_checkpo
     assert {path: path.read_bytes() for path in saved} == saved
 
 
+
+
+def search_trainer(**train_options):
+    model_config = ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL)
+    return train.Trainer(model_config, TrainConfig(epochs=1, warmup_steps=0, **train_options), steps_per_epoch=10,
+                         batch_size=2, candidate_costs=[4.0, 2.0, 0.0])
+
+
+def values(variables):
+    return [np.array(variable.numpy()) for variable in variables]
+
+
+def test_the_heldout_stream_moves_only_the_logits_and_the_training_stream_only_the_weights():
+    trainer = search_trainer(arch_holdout=0.2, arch_lr=0.05)
+    tokens = tf.constant(np.arange(16).reshape(2, 8) % 19 + 1, tf.int32)
+    model = trainer.model
+    weights, logits, heldout_memory = values(model.weight_variables), values(model.arch_variables), trainer.heldout_states.numpy()
+    trainer.train_step(tokens, tokens)
+    assert all(np.array_equal(a, b) for a, b in zip(values(model.arch_variables), logits))
+    assert not any(np.array_equal(a, b) for a, b in zip(values(model.weight_variables)[:1], weights[:1]))
+    assert np.array_equal(trainer.heldout_states.numpy(), heldout_memory)  # The held-out stream's memory is its own.
+    weights, train_memory = values(model.weight_variables), trainer.memory_states.numpy()
+    trainer.heldout_step(tokens, tokens)
+    assert all(np.array_equal(a, b) for a, b in zip(values(model.weight_variables), weights))
+    assert all(not np.array_equal(a, b) for a, b in zip(values(model.arch_variables), logits))
+    assert np.array_equal(trainer.memory_states.numpy(), train_memory)
+    assert not np.array_equal(trainer.heldout_states.numpy(), heldout_memory)
+
+
+def test_the_cost_terms_gradient_on_the_logits_is_the_analytic_one():
+    trainer = search_trainer(cost_weight=0.7)
+    rng = np.random.default_rng(0)
+    for logits in trainer.model.arch_variables:
+        logits.assign(rng.normal(size=3).astype(np.float32))
+    shares = np.array([4.0, 2.0, 0.0]) / (3 * 4.0)  # Three blocks, attention the costliest.
+    np.testing.assert_allclose(trainer.cost_shares, shares, rtol=1e-6)
+    with tf.GradientTape() as tape:
+        term = trainer.search_loss(tf.constant(0.0))
+    gradients = tape.gradient(term, trainer.model.arch_variables)
+    pi = trainer.model.arch_probabilities()
+    np.testing.assert_allclose(term, 0.7 * np.sum(pi * shares), rtol=1e-6)
+    for block_pi, gradient in zip(pi, gradients):  # d/dz_j sum_k pi_k c_k = pi_j (c_j - sum_k pi_k c_k).
+        np.testing.assert_allclose(gradient, 0.7 * block_pi * (shares - block_pi @ shares), rtol=1e-5, atol=1e-8)
+
+
+def test_a_freeze_holds_the_logits_learning_rate_at_zero_for_its_steps():
+    schedule = train.arch_learning_rate_schedule(TrainConfig(arch_freeze_steps=3, arch_lr=0.01), total_steps=10)
+    rates = [float(schedule(tf.constant(step, tf.int64))) for step in (0, 2, 3, 9)]
+    assert rates[:2] == [0.0, 0.0] and rates[2:] == pytest.approx([0.01, 0.01], rel=1e-6)
+    assert train.steps_frozen(TrainConfig(arch_schedule="after_warmup", warmup_steps=50, arch_freeze_steps=7)) == 50
+
+
+def test_the_heldout_batches_are_a_minority_of_an_epoch():
+    assert train.heldout_batches(100, 0.0) == 0 and train.heldout_batches(100, 0.2) == 20
+    assert train.heldout_batches(3, 0.01) == 1
+    with pytest.raises(ValueError, match="--arch_holdout=0.4: 1 of the 2 training batches"):
+        train.heldout_batches(2, 0.4)
