@@ -169,7 +169,7 @@ def main(argv):
     model_config, train_config, run_options = configs_from_flags(flag_values, vocab_size)
     devices.set_intra_op_threads(run_options.intra_op_threads)  # Before any TensorFlow op.
     if flag_values["precision"].present:
-        precision, reason = devices.resolve_precision(train_config.precision)
+        precision, reason = devices.resolve_precision(train_config.precision, run_options.strategy)
         precisions, chosen_by = [precision], f"--precision={train_config.precision}" + (
             f" ({reason})" if train_config.precision == "auto" else "")
     else:

@@ -9,6 +9,7 @@ import sys
 import tensorflow as tf
 
 import data_utils
+import reliability
 from config import ModelConfig
 from devices import dtype_policy
 from model import TransformerXL
@@ -33,6 +34,20 @@ def managers(checkpoint, write_dir):
     """(the latest checkpoints' manager, the best one's) saving `checkpoint` into write_dir and write_dir/best."""
     return (tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=KEEP_LATEST),
             tf.train.CheckpointManager(checkpoint, pathlib.Path(write_dir) / "best", max_to_keep=1))
+
+
+def save_checkpoint(manager, number):
+    """manager.save(checkpoint_number=number); on a full disk, a DiskFullError naming the checkpoint, with the
+    unfinished save's ckpt-N_temp folder removed. The older checkpoints stay as they were: the manager
+    deletes the oldest only after a save succeeds."""
+    prefix = pathlib.Path(manager.directory) / f"ckpt-{number}"
+    try:
+        return manager.save(checkpoint_number=number)
+    except (OSError, tf.errors.ResourceExhaustedError) as error:
+        if reliability.disk_full_path(error) is None:
+            raise
+        shutil.rmtree(f"{prefix}_temp", ignore_errors=True)
+        raise reliability.DiskFullError(prefix) from None
 
 
 def restore_readable_checkpoint(checkpoint, checkpoint_dir, log, chief=True):
@@ -81,13 +96,13 @@ def remove_unfinished_saves(run):
 
 def export(model, run, data_dir):
     """Writes the run's export: its config, the weights and the tokenizer, all that evaluate.py and
-    generate.py need."""
-    run.export_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run.config_path, run.export_dir / run.config_path.name)
-    model.save_weights(str(run.export_dir / EXPORT_WEIGHTS))
-    for name in (data_utils.METADATA_FILE, data_utils.TOKENIZER_FILE):
-        if (pathlib.Path(data_dir) / name).is_file():  # Synthetic datasets have no tokenizer.
-            shutil.copyfile(pathlib.Path(data_dir) / name, run.export_dir / name)
+    generate.py need. It replaces the old export only once complete."""
+    with reliability.written_whole(run.export_dir) as directory:
+        shutil.copyfile(run.config_path, directory / run.config_path.name)
+        model.save_weights(str(directory / EXPORT_WEIGHTS))
+        for name in (data_utils.METADATA_FILE, data_utils.TOKENIZER_FILE):
+            if (pathlib.Path(data_dir) / name).is_file():  # Synthetic datasets have no tokenizer.
+                shutil.copyfile(pathlib.Path(data_dir) / name, directory / name)
 
 
 def build_model(model_config, precision="float32"):

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import time
@@ -31,6 +32,8 @@ import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_text as tf_text
+
+import reliability
 
 SPLITS = ("train", "valid", "test")
 PAD_ID = 0  # Never a target: padding counts in neither the numerator nor the denominator.
@@ -407,7 +410,7 @@ def load_metadata(data_dir):
     path = pathlib.Path(data_dir) / METADATA_FILE
     if not path.is_file():
         raise DataError(f"{path}: no dataset metadata; build the dataset with ./create_tfrecords.sh first.")
-    return json.loads(path.read_text())
+    return reliability.read_json(path)
 
 
 # The build settings that decide which id a text gets; batch_size, seq_len and shards only lay the ids out.
@@ -459,3 +462,47 @@ def write_stream_dataset(directory, stream, vocab_size, batch_size, seq_len):
                     settings=dict(source="synthetic"))
     (directory / METADATA_FILE).write_text(json.dumps(metadata))
     return directory
+
+
+# ---------------------------------------------------------------------------------------------
+# A TFRecord damaged during a run.
+
+
+class DamagedRecordError(reliability.RunError):
+    """A TFRecord that no longer reads whole; the message names the file and the step."""
+
+
+def batch_files(data_dir, split):
+    """The file that holds each batch of a split, in order, as write_tfrecords laid them out."""
+    metadata = load_metadata(data_dir)["splits"][split]
+    ranges = shard_ranges(metadata["batches"], len(metadata["files"]))
+    return [pathlib.Path(data_dir) / name for name, (start, stop) in zip(metadata["files"], ranges)
+            for _ in range(start, stop)]
+
+
+def tensorflow_reason(error):
+    """TensorFlow's message without its function and op names: "truncated record at 1260"."""
+    line = next(iter(error.message.splitlines()), "")
+    return re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", line).strip()
+
+
+def batches_naming_damage(dataset, batch_files, first_batch, steps_done):
+    """Yields the batches of `dataset`, a split read from batch `first_batch` on, for training steps
+    steps_done + 1, steps_done + 2, ...
+
+    A damaged or truncated TFRecord file raises DamagedRecordError naming the file and the step that
+    would have read it; TensorFlow names neither. batch_files: the file of each batch of the split, in
+    order (batch_files); a split that ends before its last batch is truncated too.
+    """
+    batches = iter(dataset)
+    for batch, path in enumerate(batch_files[first_batch:], first_batch):
+        try:
+            yield next(batches)
+        except StopIteration:
+            reason = f"it ends after batch {batch} of {len(batch_files)}"
+        except tf.errors.DataLossError as error:
+            reason = f"batch {batch + 1} of {len(batch_files)} does not read: {tensorflow_reason(error)}"
+        else:
+            continue
+        raise DamagedRecordError(f"{path}: damaged at training step {steps_done + batch - first_batch + 1} ({reason}); "
+                                 f"rebuild the data with ./create_tfrecords.sh --overwrite. The checkpoints are intact.")

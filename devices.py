@@ -79,11 +79,16 @@ def native_bfloat16():
     return f"CPU with {' and '.join(found)}" if found else None
 
 
-def resolve_precision(precision):
-    """--precision=auto: (bfloat16 where the hardware runs it natively, else float32, and why); others as given."""
+def resolve_precision(precision, strategy="default"):
+    """--precision=auto: (bfloat16 where the hardware runs it natively, else float32, and why); others as given.
+
+    Under --strategy=multi_worker on CPUs auto takes float32: TensorFlow's CPU collectives take no bfloat16.
+    """
     if check_choice("precision", precision) != "auto":
         return precision, "as given"
     native = native_bfloat16()
+    if native and strategy == "multi_worker" and not accelerated():
+        return "float32", f"auto: {native}, but --strategy=multi_worker on CPUs, whose collectives take no bfloat16"
     return ("bfloat16", f"auto: {native}") if native else ("float32", "auto: no native bfloat16 here")
 
 

@@ -8,6 +8,7 @@
     logs/<model_name>/pi.gif, pi.png        its animation and last frame (plot_arch.py)
     logs/<model_name>/results.json          the final validation and test scores
     logs/<model_name>/export/               config.json, model.weights.h5 and the tokenizer
+    logs/<model_name>/train.lock            held by the one process training in it (reliability.RunLock)
 
 Imports no TensorFlow, so that plot_arch.py reads a run without it; saving and restoring the
 model's checkpoints is checkpoints.py's.
@@ -15,6 +16,9 @@ model's checkpoints is checkpoints.py's.
 import dataclasses
 import json
 import pathlib
+
+import reliability
+from reliability import read_json
 
 # Fields that config.json files of runs made before their removal record, with the one value they may hold
 # (None: any value; eval_mode is now a call argument; pad_id was the data's padding id, 0).
@@ -26,23 +30,6 @@ ADDED_FIELDS = {"model": {"single_path": False},
                           "cost_source": "flops", "cost_table": [], "cost_mem_len": -1}}
 
 EXPORT_WEIGHTS = "model.weights.h5"  # Beside the config.json (and tokenizer) of an export directory.
-
-
-def read_json(path):
-    """A JSON file's content; a syntax error names the file."""
-    path = pathlib.Path(path)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); repair or delete it.") from None
-
-
-def write_json_atomically(path, content):
-    """Writes the whole file under another name, then renames it, so no reader sees half of it."""
-    path = pathlib.Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(content, indent=1))
-    temporary.replace(path)
 
 
 def read_record(path):
@@ -120,7 +107,7 @@ class Run:
         record = json.loads(json.dumps(record))  # Tuples become lists, as they do on disk.
         if not self.config_path.is_file():
             if save:
-                write_json_atomically(self.config_path, record)
+                reliability.write_json(self.config_path, record, indent=1)
             return
         saved = self.read_config()
         changed = [f"{part}.{key}: {saved.get(part, {}).get(key)} -> {value}"
@@ -137,19 +124,18 @@ class Run:
         return read_json(self.best_path)["loss"] if self.best_path.is_file() else float("inf")
 
     def write_best(self, step, validation):
-        write_json_atomically(self.best_path, dict(step=step, **validation))
+        reliability.write_json(self.best_path, dict(step=step, **validation))
 
     # The pi history: one JSON line per logged step of a SuperNet.
 
     def append_pi(self, step, tau, pi):
-        with open(self.pi_history_path, "a") as f:
-            f.write(json.dumps(dict(step=step, tau=tau, pi=pi)) + "\n")
+        reliability.append_line(self.pi_history_path, json.dumps(dict(step=step, tau=tau, pi=pi)))  # Whole, even on a full disk.
 
     def read_pi_history(self):
         if not self.pi_history_path.is_file():
             raise FileNotFoundError(f"{self.pi_history_path}: no pi history; is {self.directory} the run "
                                     f"directory of a SuperNet?")
-        return [json.loads(line) for line in self.pi_history_path.read_text().splitlines() if line.strip()]
+        return reliability.read_json_lines(self.pi_history_path)
 
     def pi_history_or_empty(self):
         return self.read_pi_history() if self.pi_history_path.is_file() else []
@@ -157,8 +143,8 @@ class Run:
     def forget_pi_after(self, step):
         """Drops pi records a killed run wrote after its last checkpoint; the resumed run writes them again."""
         if self.pi_history_path.is_file():
-            kept = [line for line in self.pi_history_path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            self.pi_history_path.write_text("".join(line + "\n" for line in kept))
+            kept = [record for record in self.read_pi_history() if record["step"] <= step]
+            reliability.write_whole(self.pi_history_path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write_results(self, results):
-        write_json_atomically(self.results_path, results)
+        reliability.write_json(self.results_path, results, indent=1)

@@ -12,6 +12,7 @@ config.ModelConfig, TrainConfig and RunOptions is a flag, with its comment as he
 """
 import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -30,6 +31,7 @@ import checkpoints
 import data_utils
 import devices
 import plot_arch
+import reliability
 import runs
 from adaptive_softmax import tail_capacities
 from config import CANDIDATE_NAMES, CANDIDATES, ModelConfig, RunOptions, TrainConfig, configs_from_flags
@@ -365,7 +367,7 @@ def make_logger(run, to_file=True):
         console.setFormatter(logging.Formatter(("\r\x1b[K" if sys.stdout.isatty() else "") + "%(asctime)s %(message)s"))
         logger.addHandler(console)
         if to_file:
-            file = logging.FileHandler(run.log_path)
+            file = reliability.LogFile(run.log_path)  # Stops at a full disk instead of a traceback a line.
             file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             logger.addHandler(file)
     return logger
@@ -420,7 +422,7 @@ class Training:
     def __init__(self, model_config, config, data_dir, run_dir, options):
         self.data_dir, self.options = data_dir, options
         self.metadata = data_utils.load_metadata(data_dir)
-        precision, precision_reason = devices.resolve_precision(config.precision)
+        precision, precision_reason = devices.resolve_precision(config.precision, options.strategy)
         self.config = config = dataclasses.replace(config, precision=precision)  # config.json records the precision used.
         check_precision_for_strategy(precision, options.strategy)
         self.run = runs.Run(run_dir)
@@ -512,7 +514,9 @@ class Training:
         if self.heldout_batches:
             self.heldout_done = self.heldout_due(self.batches_done)
             self.heldout_iterator = iter(batches.skip(self.steps_per_epoch + self.heldout_done))
-        for batch in batches.take(self.steps_per_epoch).skip(self.batches_done):
+        weight_batches = batches.take(self.steps_per_epoch).skip(self.batches_done)
+        files = data_utils.batch_files(self.data_dir, "train")[: self.steps_per_epoch]  # Named if one is damaged.
+        for batch in data_utils.batches_naming_damage(weight_batches, files, self.batches_done, self.step):
             yield batch
             self.clock = time.perf_counter()
 
@@ -576,13 +580,20 @@ class Training:
     def save(self, manager=None):
         """A checkpoint at this step (by default the latest's), never of a run whose loss went bad."""
         self.check_finite()  # Never let a NaN overwrite the last good checkpoint.
-        (manager or self.latest_manager).save(checkpoint_number=self.step)
+        checkpoints.save_checkpoint(manager or self.latest_manager, self.step)  # On a full disk, one line.
         if not self.chief:
             shutil.rmtree(self.write_dir.parent)
 
     def pause(self):
         self.save()
         self.log.info("Stopped at step %d as asked; rerun the same command to resume.", self.step)
+
+    def interrupt(self, signum):
+        """Saves at this step boundary and raises reliability.Interrupted, which carries the signal's exit status."""
+        self.save()
+        interrupted = reliability.Interrupted(signum, self.step)
+        self.log.info("%s", interrupted)
+        raise interrupted
 
     # The end of an epoch.
 
@@ -657,11 +668,14 @@ class Training:
         return results
 
 
-def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptions()):
+def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptions(), stop=None):
     """Trains, validating every epoch, then tests and exports. Resumes from run_dir if it holds a checkpoint.
 
     Returns a dict of the final validation and test results (or {} when stopped early on purpose).
+    stop: a reliability.StopSignals; once it has `requested` a stop (SIGTERM, SIGINT), the run saves at
+    the next step boundary and raises reliability.Interrupted.
     """
+    stop = stop or reliability.StopSignals()
     training = Training(model_config, config, data_dir, run_dir, options)
     while training.epoch < config.epochs:
         for inputs, targets in training.epoch_batches():
@@ -673,6 +687,8 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
             if options.stop_after_steps and training.step >= options.stop_after_steps:
                 training.pause()
                 return {}
+            if stop.requested:
+                training.interrupt(stop.requested)
         training.end_epoch()
     return training.finish()
 
@@ -696,11 +712,18 @@ def main(argv):
         if not options.verbose:
             tf.get_logger().setLevel(logging.WARNING)  # Checkpoint saves log at INFO.
         devices.set_intra_op_threads(options.intra_op_threads)  # Before any TF op, as is the strategy:
-        devices.make_strategy(options.strategy)  # MultiWorkerMirroredStrategy refuses to start after any TF op.
-        results = train_and_evaluate(model_config, config, flag_values.data_dir,
-                                     pathlib.Path(flag_values.logdir) / flag_values.model_name, options)
-    except (ValueError, NonFiniteLossError, checkpoints.CheckpointError) as error:  # DataError is a ValueError.
+        strategy = devices.make_strategy(options.strategy)  # MultiWorkerMirroredStrategy refuses to start after any TF op.
+        run_dir = pathlib.Path(flag_values.logdir) / flag_values.model_name
+        # One training process per run (the chief's lock); SIGTERM and SIGINT stop at a step boundary, except under
+        # multi_worker, whose workers would first have to agree on the step; a full disk anywhere ends in one line.
+        with (reliability.naming_a_full_disk(run_dir),
+              reliability.RunLock(run_dir) if devices.is_chief(strategy) else contextlib.nullcontext(),
+              reliability.StopSignals(enabled=options.strategy != "multi_worker") as stop):
+            results = train_and_evaluate(model_config, config, flag_values.data_dir, run_dir, options, stop)
+    except (ValueError, NonFiniteLossError, checkpoints.CheckpointError, reliability.RunError) as error:  # DataError is a ValueError.
         sys.exit(f"train.py: error: {error}")
+    except reliability.Interrupted as interrupted:  # Already logged.
+        sys.exit(interrupted.exit_status)
     except tf.errors.DataLossError as error:
         sys.exit(f"train.py: error: {flag_values.data_dir}: a TFRecord file is damaged ({data_utils.error_line(error)}); "
                  f"rebuild it with ./create_tfrecords.sh --overwrite. The run's checkpoints are intact.")
