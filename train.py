@@ -434,7 +434,7 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
 
     def validate(step):
         results = evaluate_both_ways(model, data_utils.make_dataset(data_dir, "valid"),
-                                     metadata["splits"]["valid"]["words"], batch_size, config.jit_compile,
+                                     metadata["splits"]["valid"], batch_size, config.jit_compile,
                                      options.eval_batches)
         log.info("step %d validation: %s", step, json.dumps({k: round(v, 4) for k, v in results.items()}))
         with writers["valid"].as_default(step=step):
@@ -506,7 +506,7 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
 
     check_finite()
     results = {"valid_" + k: v for k, v in (valid or validate(step)).items()}
-    test = evaluate_both_ways(model, data_utils.make_dataset(data_dir, "test"), metadata["splits"]["test"]["words"],
+    test = evaluate_both_ways(model, data_utils.make_dataset(data_dir, "test"), metadata["splits"]["test"],
                               batch_size, config.jit_compile, options.eval_batches)
     log.info("test: %s", json.dumps({k: round(v, 4) for k, v in test.items()}))
     with writers["valid"].as_default(step=step):
