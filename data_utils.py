@@ -699,7 +699,9 @@ def load_metadata(data_dir):
 
 
 # The build settings that decide which id a text gets; batch_size, seq_len and shards only lay the ids out.
-TOKENIZER_SETTINGS = ("source_sha256", "vocab_size", "lowercase", "model_type")
+# A setting that a build did not record (tokenizer_sentences when all train lines trained, alphabet for a word
+# corpus) compares equal to its absence.
+TOKENIZER_SETTINGS = ("source_sha256", "vocab_size", "lowercase", "model_type", "tokenizer_sentences", "alphabet")
 
 
 def check_data_matches_model(data_dir, record):
