@@ -11,9 +11,9 @@ data_dir=
 for arg in "$@"; do
   case "$arg" in --data_dir=*) data_dir="${arg#--data_dir=}" ;; esac
 done
-if [ -z "$data_dir" ]; then  # train.py's default, data_utils.DEFAULT_DATA_DIR (TensorFlow's start-up log hidden).
-  data_dir=$(python3 -c 'import data_utils; print(data_utils.DEFAULT_DATA_DIR)' 2>/dev/null) \
-    || { echo "base_model.sh: error: python3 cannot import data_utils; pip install -r requirements.txt" >&2; exit 1; }
+if [ -z "$data_dir" ]; then  # train.py's default, config.DEFAULT_DATA_DIR (config.py imports no TensorFlow).
+  data_dir=$(python3 -c 'import config; print(config.DEFAULT_DATA_DIR)' 2>/dev/null) \
+    || { echo "base_model.sh: error: python3 cannot import config; pip install -r requirements.txt" >&2; exit 1; }
 fi
 if [ ! -f "$data_dir/metadata.json" ]; then
   ./create_tfrecords.sh --output_dir="$data_dir"

@@ -1,12 +1,14 @@
 """Builds the tokenizer and context-batched TFRecords that train.py reads.
 
     python build_data.py                          # WikiText-2 (tokenized), downloaded if not found
-    python build_data.py --wikitext_dir ../shared/data/wikitext-2
+    python build_data.py --corpus_dir ../shared/data/wikitext-2
+    python build_data.py --dataset=wikitext-103   # or enwik8, text8
     python build_data.py --input_text my_corpus/  # a folder with train/valid/test files, or one file
 
-The output directory holds spm.model, unigram.txt, metadata.json and {train,valid,test}-*.tfrecord.
-It is built in a temporary directory and renamed at the end, so it is complete or absent; the next
-build removes what a killed one left.
+The output directory holds metadata.json, unigram.txt, {train,valid,test}-*.tfrecord and, for a
+word corpus, spm.model. It is built in a temporary directory and renamed at the end, so it is
+complete or absent; the next build removes what a killed one left. The build streams: its memory
+does not grow with the corpus (README, Data).
 """
 import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
 
@@ -23,19 +25,31 @@ import numpy as np
 from absl import app, flags, logging
 
 import data_utils
+import reliability
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("variant", "tokenized", list(data_utils.WIKITEXT2), "WikiText-2 variant to use.")
-flags.DEFINE_string("wikitext_dir", os.environ.get("WIKITEXT2_DIR"),
-                    "Local folder holding the variant's wiki.{train,valid,test} files (default: $WIKITEXT2_DIR).")
-flags.DEFINE_string("input_text", None, "Your own UTF-8 corpus instead of WikiText-2: a train/valid/test folder or one file.")
-flags.DEFINE_string("data_dir", "data", "Where WikiText-2 is looked for and downloaded.")
+flags.DEFINE_enum("dataset", data_utils.DEFAULT_DATASET, list(data_utils.DATASETS),
+                  "Corpus to build: WikiText-2 or WikiText-103 (SentencePiece, word perplexity), enwik8 or text8 "
+                  "(one id per character, bits per character).")
+flags.DEFINE_enum("variant", "tokenized", list(data_utils.WIKITEXT2), "WikiText variant to use.")
+flags.DEFINE_string("corpus_dir", None,
+                    "Local folder holding the dataset's files, as its zip holds them (WikiText: wiki.{train,valid,test}.tokens; "
+                    "enwik8: enwik8; text8: text8); default for WikiText-2: $WIKITEXT2_DIR.")
+flags.DEFINE_alias("wikitext_dir", "corpus_dir")
+flags.DEFINE_string("input_text", None, "Your own UTF-8 corpus instead of --dataset: a train/valid/test folder or one file.")
+flags.DEFINE_string("data_dir", "data", "Where corpora are looked for (extracted, or as their zip) and downloaded.")
 flags.DEFINE_string("output_dir", data_utils.DEFAULT_DATA_DIR, "Where the tokenizer, records and metadata go.")
-flags.DEFINE_integer("vocab_size", data_utils.DEFAULT_VOCAB_SIZE,
-                     "SentencePiece vocabulary size, reserved ids included.")
+flags.DEFINE_integer("vocab_size", None,
+                     "SentencePiece vocabulary size, reserved ids included (default: the dataset's, "
+                     f"{data_utils.DEFAULT_VOCAB_SIZE} for WikiText-2 and your own text, "
+                     f"{data_utils.WIKITEXT103['tokenized'].vocab_size} for WikiText-103); a character corpus' "
+                     "vocabulary is its alphabet.", lower_bound=3)
 flags.DEFINE_boolean("lowercase", data_utils.DEFAULT_LOWERCASE,
                      "Lowercase the text before tokenizing, as the reference run did.")
 flags.DEFINE_enum("model_type", data_utils.DEFAULT_MODEL_TYPE, ["unigram", "bpe"], "SentencePiece model type.")
+flags.DEFINE_integer("tokenizer_sentences", data_utils.DEFAULT_TOKENIZER_SENTENCES,
+                     "SentencePiece trains on at most this many train lines, evenly spaced through it; it needs about "
+                     "15x their text in memory.", lower_bound=1)
 flags.DEFINE_integer("batch_size", data_utils.DEFAULT_BATCH_SIZE, "Contiguous streams per batch.", lower_bound=1)
 flags.DEFINE_integer("seq_len", data_utils.DEFAULT_SEQ_LEN, "Tokens per segment.", lower_bound=1)
 flags.DEFINE_integer("shards", data_utils.DEFAULT_SHARDS,
@@ -43,41 +57,34 @@ flags.DEFINE_integer("shards", data_utils.DEFAULT_SHARDS,
 flags.DEFINE_boolean("overwrite", False, "Replace an output directory that was built with other settings.")
 
 
-def read_text(path, what):
-    """A file's lines, with a warning when invalid UTF-8 had to be replaced."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise data_utils.DataError(f"{path}: no such file ({what}).")
-    lines, replaced = data_utils.read_lines(path)
-    if replaced:
-        logging.warning("%s: replaced %d invalid UTF-8 sequences with U+FFFD.", path, replaced)
-    return lines
-
-
-def read_splits(sources, expected_counts=None):
-    """Reads each split's lines, checking counts where known; returns (lines, sha256s) by split.
-
-    `sources` maps each split to its file, or is one file cut into the three splits. Each split's
-    sha256 is its file's, so an edited file is a change of settings.
-    """
-    if isinstance(sources, dict):
-        lines = {split: read_text(path, f"the {split} split") for split, path in sources.items()}
-        files = sources
-    else:
-        lines = data_utils.cut_splits(read_text(sources, "--input_text"), sources)
-        files = dict.fromkeys(lines, sources)
-    for split, path in files.items():
-        if expected_counts:
-            data_utils.check_counts(path, lines[split], expected_counts[split])
-        if not any(line.strip() for line in lines[split]):
-            raise data_utils.DataError(f"{path}: the {split} split is empty.")
-    return lines, {split: data_utils.sha256_of(path) for split, path in files.items()}
+def scan_splits(spans, expected_counts=None, alphabet=None):
+    """Each split's counts, in one pass over it: lines and words, or with an `alphabet` (a character
+    corpus) lines, characters and byte_counts; checks them against expected_counts, emptiness and the alphabet."""
+    scans = {}
+    for split, span in spans.items():
+        if alphabet is None:
+            counts = data_utils.scan_lines(span)
+            replaced = counts.pop("replaced")
+            if replaced:
+                logging.warning("%s: replaced %d invalid UTF-8 sequences with U+FFFD.", span.path, replaced)
+            if expected_counts:
+                data_utils.check_counts(span.path, (counts["lines"], counts["words"]), expected_counts[split])
+            empty = counts.pop("blank")
+        else:
+            byte_counts = data_utils.byte_counts(span)
+            data_utils.check_alphabet(span, byte_counts, alphabet, split)
+            counts = dict(lines=int(byte_counts[ord("\n")]), characters=span.size(), byte_counts=byte_counts)
+            empty = counts["characters"] == 0
+        if empty:
+            raise data_utils.DataError(f"{span.path}: the {split} split is empty.")
+        scans[split] = counts
+    return scans
 
 
 def built_settings(directory):
     """The settings `directory` was built with, or None if it holds no dataset of this script."""
     try:
-        metadata = json.loads((directory / data_utils.METADATA_FILE).read_text())
+        metadata = reliability.read_json(directory / data_utils.METADATA_FILE)
     except (OSError, ValueError):
         return None
     return metadata.get("settings") if isinstance(metadata, dict) else None
@@ -106,35 +113,66 @@ def up_to_date(output_dir, settings, overwrite):
     return False
 
 
-def tokenize_splits(lines, directory, vocab_size, lowercase, model_type):
-    """Trains the tokenizer on train, ranks ids by train frequency, returns (streams by split, rank)."""
+def tokenize_words(spans, directory, token_files, vocab_size, lowercase, model_type, sentences, num_lines):
+    """Trains SentencePiece on `sentences` of train's `num_lines` lines, ranks its ids by train frequency and writes each split's ranked ids
+    into token_files; returns (how often each ranked id occurs in train, the ranking)."""
     model_path = pathlib.Path(directory) / data_utils.TOKENIZER_FILE
-    data_utils.train_sentencepiece(lines["train"], model_path, vocab_size, lowercase, model_type)
+    lines = data_utils.evenly_spaced(data_utils.read_lines(spans["train"]), num_lines, sentences)
+    data_utils.train_sentencepiece(lines, model_path, vocab_size, lowercase, model_type)
     proto = model_path.read_bytes()
     unranked = data_utils.Tokenizer(proto, np.arange(vocab_size))
-    train_pieces = data_utils.encode_lines(unranked.encode, lines["train"])
-    rank = data_utils.frequency_ranking(np.bincount(train_pieces, minlength=vocab_size))
+    piece_counts = data_utils.encode_lines_to_file(unranked.encode, data_utils.read_line_chunks(spans["train"]),
+                                                   token_files["train"], vocab_size, "train")
+    rank = data_utils.frequency_ranking(piece_counts)
+    token_files["train"].rerank(rank)
     tokenizer = data_utils.Tokenizer(proto, rank)
-    streams = {"train": rank[train_pieces].astype(np.int32)}
     for split in ("valid", "test"):
-        streams[split] = data_utils.encode_lines(tokenizer.encode, lines[split])
-    return streams, rank
+        data_utils.encode_lines_to_file(tokenizer.encode, data_utils.read_line_chunks(spans[split]), token_files[split],
+                                        vocab_size, split)
+    counts = np.zeros_like(piece_counts)
+    counts[rank] = piece_counts
+    return counts, rank
 
 
-def build_dataset(output_dir, sources, *, vocab_size=data_utils.DEFAULT_VOCAB_SIZE,
-                  lowercase=data_utils.DEFAULT_LOWERCASE, model_type=data_utils.DEFAULT_MODEL_TYPE,
-                  batch_size=data_utils.DEFAULT_BATCH_SIZE, seq_len=data_utils.DEFAULT_SEQ_LEN,
-                  shards=data_utils.DEFAULT_SHARDS, overwrite=False, expected_counts=None, source_name="",
-                  command=None):
-    """Builds tokenizer, TFRecords, unigram file and metadata into `output_dir`, atomically.
+def tokenize_characters(spans, token_files, alphabet, train_byte_counts):
+    """Maps each byte of each split to its id (data_utils.character_ranking) into token_files; returns
+    (vocabulary size, how often each id occurs in train, id_of_byte)."""
+    id_of_byte = data_utils.character_ranking(alphabet, train_byte_counts)
+    for split, span in spans.items():
+        data_utils.encode_bytes_to_file(id_of_byte, span, token_files[split])
+    vocab_size = int(id_of_byte.max()) + 1
+    counts = np.zeros(vocab_size, np.int64)
+    np.add.at(counts, id_of_byte[id_of_byte >= 0], train_byte_counts[id_of_byte >= 0])
+    return vocab_size, counts, id_of_byte
 
-    `sources` maps each split to its file, or is one file to cut into splits. Returns the metadata dict.
+
+def build_dataset(output_dir, sources, *, vocab_size=None, lowercase=data_utils.DEFAULT_LOWERCASE,
+                  model_type=data_utils.DEFAULT_MODEL_TYPE, tokenizer_sentences=data_utils.DEFAULT_TOKENIZER_SENTENCES,
+                  alphabet=None, batch_size=data_utils.DEFAULT_BATCH_SIZE, seq_len=data_utils.DEFAULT_SEQ_LEN,
+                  shards=data_utils.DEFAULT_SHARDS, overwrite=False, expected_counts=None, source_name="", command=None):
+    """Builds tokenizer, TFRecords, unigram file and metadata into `output_dir`, atomically, streaming.
+
+    `sources` maps each split to its data_utils.Span. Without `alphabet`, SentencePiece of `vocab_size`
+    pieces (default data_utils.DEFAULT_VOCAB_SIZE) tokenizes lines; with `alphabet` (bytes), each byte is
+    one token of a vocabulary fixed by the alphabet, and vocab_size must stay None. Returns the metadata dict.
     """
     start = time.time()
     output_dir = pathlib.Path(output_dir)
-    lines, sha256s = read_splits(sources, expected_counts)
-    settings = dict(source=source_name, source_sha256=sha256s, vocab_size=vocab_size, lowercase=lowercase,
-                    model_type=model_type, batch_size=batch_size, seq_len=seq_len, shards=shards)
+    if alphabet is not None and vocab_size is not None:
+        raise data_utils.DataError(f"--vocab_size {vocab_size}: {source_name} is a character corpus, whose vocabulary is "
+                                   f"its {len(alphabet)}-symbol alphabet; drop --vocab_size.")
+    scans = scan_splits(sources, expected_counts, alphabet)
+    digests = {path: data_utils.file_digest(path) for path in {span.path for span in sources.values()}}
+    sha256s = {split: digests[span.path] for split, span in sources.items()}
+    if alphabet is None:
+        vocab_size = vocab_size or data_utils.DEFAULT_VOCAB_SIZE
+        settings = dict(source=source_name, source_sha256=sha256s, vocab_size=vocab_size, lowercase=lowercase,
+                        model_type=model_type, batch_size=batch_size, seq_len=seq_len, shards=shards)
+        if scans["train"]["lines"] > tokenizer_sentences:  # Only a sample trains the tokenizer.
+            settings["tokenizer_sentences"] = tokenizer_sentences
+    else:
+        settings = dict(source=source_name, source_sha256=sha256s, alphabet=alphabet.hex(), batch_size=batch_size,
+                        seq_len=seq_len, shards=shards)
     if up_to_date(output_dir, settings, overwrite):
         logging.info("%s is up to date with these settings; nothing to do.", output_dir)
         return data_utils.load_metadata(output_dir)
@@ -144,37 +182,44 @@ def build_dataset(output_dir, sources, *, vocab_size=data_utils.DEFAULT_VOCAB_SI
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-building-{os.getpid()}-", dir=output_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the dataset is not.
     try:
-        logging.info("Training a %d-piece %s SentencePiece model on %d lines.", vocab_size, model_type, len(lines["train"]))
-        try:
-            streams, rank = tokenize_splits(lines, staging, vocab_size, lowercase, model_type)
-        except data_utils.DataError as error:
-            raise data_utils.DataError(f"The train split of {source_name} is too small for this vocabulary: {error}") from None
+        (staging / "streams").mkdir()  # Each split's token stream between tokenizing and batching.
+        token_files = {split: data_utils.TokenFile(staging / "streams" / f"{split}.int32") for split in data_utils.SPLITS}
+        if alphabet is None:
+            logging.info("Training a %d-piece %s SentencePiece model on %s %d train lines.", vocab_size, model_type,
+                         f"{tokenizer_sentences} of the" if "tokenizer_sentences" in settings else "all",
+                         scans["train"]["lines"])
+            try:
+                counts, rank = tokenize_words(sources, staging, token_files, vocab_size, lowercase, model_type,
+                                              tokenizer_sentences, scans["train"]["lines"])
+            except data_utils.DataError as error:
+                raise data_utils.DataError(f"The train split of {source_name} is too small for this vocabulary: {error}") from None
+            tokenizer = dict(model_file=data_utils.TOKENIZER_FILE, id_rank=rank.tolist())
+        else:
+            vocab_size, counts, id_of_byte = tokenize_characters(sources, token_files, alphabet,
+                                                                 scans["train"].pop("byte_counts"))
+            tokenizer = dict(id_of_byte=id_of_byte.tolist())
+            for split in ("valid", "test"):
+                scans[split].pop("byte_counts")
         split_metadata = {}
         for split in data_utils.SPLITS:
+            stream = token_files[split]
             # Train drops its final partial segment; valid and test are padded so every token is scored.
             pad_id = None if split == "train" else data_utils.PAD_ID
             try:
-                windows = data_utils.context_batch(streams[split], batch_size, seq_len, pad_id)
+                written = data_utils.write_tfrecords(stream, staging, split, batch_size, seq_len, pad_id, shards)
             except data_utils.DataError as error:
                 raise data_utils.DataError(f"The {split} split of {source_name}: {error}") from None
-            targets = windows[:, :, 1:]
-            split_metadata[split] = dict(
-                files=data_utils.write_tfrecords(windows, staging, split, shards),
-                batches=len(windows),
-                lines=len(lines[split]),
-                words=data_utils.count_words(lines[split]),
-                tokens=len(streams[split]),
-                predicted_tokens=int(np.sum(targets != data_utils.PAD_ID)),
-            )
+            split_metadata[split] = dict(files=written["files"], batches=written["batches"], **scans[split],
+                                         tokens=len(stream), predicted_tokens=written["predicted_tokens"])
             logging.info("%s: %s", split, {k: v for k, v in split_metadata[split].items() if k != "files"})
-        counts = np.bincount(streams["train"], minlength=vocab_size)
+        shutil.rmtree(staging / "streams")
         np.savetxt(staging / data_utils.UNIGRAM_FILE, counts / counts.sum(), fmt="%.10e")
         metadata = dict(
             settings=settings,
             vocab_size=vocab_size, batch_size=batch_size, seq_len=seq_len,
             pad_id=data_utils.PAD_ID, eol_id=data_utils.EOL_ID,
             splits=split_metadata,
-            tokenizer=dict(model_file=data_utils.TOKENIZER_FILE, id_rank=rank.tolist()),
+            tokenizer=tokenizer,
             unigram_file=data_utils.UNIGRAM_FILE,
             command=command or [],
         )
@@ -195,20 +240,9 @@ def remove_stale_builds(output_dir):
     left_by_build = re.compile(rf"\.{re.escape(output_dir.name)}-(building|old)-(\d+)(-\w+)?")
     for path in output_dir.parent.iterdir():
         match = left_by_build.fullmatch(path.name)
-        if match and path.is_dir() and not process_alive(int(match[2])):
+        if match and path.is_dir() and not reliability.process_alive(int(match[2])):
             logging.info("Removing %s, left by a killed build.", path)
             shutil.rmtree(path)
-
-
-def process_alive(pid):
-    """Whether process `pid` exists; a reused id only delays the cleanup of its folders."""
-    try:
-        os.kill(pid, 0)  # Signal 0 only asks whether the process exists.
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # It does, as another user's.
-        pass
-    return True
 
 
 def replace_directory(new, old):
@@ -223,24 +257,30 @@ def replace_directory(new, old):
 
 
 def resolve_sources():
-    """Split files from the flags, plus the known counts to check them against (None for your own text)."""
+    """(Spans by split, the published Corpus or None for your own text, the source's name) from the flags."""
     if FLAGS.input_text:
+        if FLAGS.dataset != data_utils.DEFAULT_DATASET or FLAGS.corpus_dir:
+            raise data_utils.DataError("--input_text replaces --dataset and --corpus_dir; pass one or the other.")
         return data_utils.find_split_files(FLAGS.input_text), None, str(pathlib.Path(FLAGS.input_text).resolve())
-    corpus = data_utils.WIKITEXT2[FLAGS.variant]
-    folder = data_utils.locate_corpus(corpus, FLAGS.data_dir, FLAGS.wikitext_dir, log=logging.info)
-    sources = {split: folder / name for split, name in corpus.files.items()}
-    return sources, corpus.expected_counts, f"wikitext-2/{FLAGS.variant}"
+    corpus = data_utils.find_corpus(FLAGS.dataset, FLAGS.variant)
+    local_dir = FLAGS.corpus_dir or (os.environ.get("WIKITEXT2_DIR") if FLAGS.dataset == "wikitext-2" else None)
+    folder = data_utils.locate_corpus(corpus, FLAGS.data_dir, local_dir)
+    name = f"{FLAGS.dataset}/{FLAGS.variant}" if corpus.alphabet is None else FLAGS.dataset
+    return data_utils.corpus_spans(corpus, folder), corpus, name
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        sources, expected_counts, source_name = resolve_sources()
-        build_dataset(FLAGS.output_dir, sources, vocab_size=FLAGS.vocab_size, lowercase=FLAGS.lowercase,
-                      model_type=FLAGS.model_type, batch_size=FLAGS.batch_size, seq_len=FLAGS.seq_len,
-                      shards=FLAGS.shards, overwrite=FLAGS.overwrite, expected_counts=expected_counts,
-                      source_name=source_name, command=sys.argv)
+        sources, corpus, source_name = resolve_sources()
+        vocab_size = FLAGS.vocab_size or (corpus.vocab_size if corpus and corpus.alphabet is None else None)
+        build_dataset(FLAGS.output_dir, sources, vocab_size=vocab_size, lowercase=FLAGS.lowercase,
+                      model_type=FLAGS.model_type, tokenizer_sentences=FLAGS.tokenizer_sentences,
+                      alphabet=corpus.alphabet if corpus else None, batch_size=FLAGS.batch_size, seq_len=FLAGS.seq_len,
+                      shards=FLAGS.shards, overwrite=FLAGS.overwrite,
+                      expected_counts=corpus.expected_counts if corpus else None, source_name=source_name,
+                      command=sys.argv)
     except data_utils.DataError as error:
         sys.exit(f"build_data.py: error: {error}")
     except OSError as error:  # Unreadable input, read-only or full output.

@@ -16,6 +16,12 @@ import typing
 
 import numpy as np
 
+# A dataset's folder and files, which scripts that read no data (optimal_cuts.py) need too.
+DEFAULT_DATA_DIR = "data/tfrecords"  # What ./create_tfrecords.sh builds and train.py reads.
+METADATA_FILE = "metadata.json"
+TOKENIZER_FILE = "spm.model"
+UNIGRAM_FILE = "unigram.txt"
+
 CANDIDATES = "ADI"  # A stochastic block's candidates, in pi's column order: attention, dense, identity.
 CANDIDATE_NAMES = ("attention", "dense", "identity")  # The same, spelt out: figure labels and TensorBoard tags.
 
@@ -235,13 +241,13 @@ def dataclass_from_flags(settings_class, flag_values, **given):
     return settings_class(**values, **given)
 
 
-def define_flags(default_data_dir, flag_values=None):
-    """The flags of train.py (and bench.py): --data_dir (default_data_dir), --logdir, --model_name, and
-    ModelConfig's (but vocab_size, the dataset's), TrainConfig's and RunOptions' fields."""
+def define_flags(flag_values=None):
+    """The flags of train.py (and bench.py): --data_dir, --logdir, --model_name, and ModelConfig's (but
+    vocab_size, the dataset's), TrainConfig's and RunOptions' fields."""
     from absl import flags
 
     flag_values = flags.FLAGS if flag_values is None else flag_values
-    flags.DEFINE_string("data_dir", default_data_dir, "Dataset built by ./create_tfrecords.sh.",
+    flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR, "Dataset built by ./create_tfrecords.sh.",
                         flag_values=flag_values, module_name=SCRIPT)
     flags.DEFINE_string("logdir", "logs", "Runs go to LOGDIR/MODEL_NAME (as in tensorboard --logdir).",
                         flag_values=flag_values, module_name=SCRIPT)

@@ -1,4 +1,4 @@
-"""Data library: WikiText-2 download and checks, SentencePiece tokenizer, context batching, TFRecords.
+"""Data library: the corpora (download and checks), tokenizers, context batching and TFRecords.
 
 The token stream layout follows Transformer-XL. The N-token stream of a split is cut into
 `batch_size` contiguous streams; batch k holds, for every row i,
@@ -11,9 +11,17 @@ token but the first of each stream is predicted exactly once. Each TFRecord exam
 stored as the window stream_i[k*L : k*L + L + 1] of every row, `[batch_size, seq_len + 1]`.
 
 Ids seen by the model are ranked by training-set frequency (reserved ids first), because
-adaptive softmax cutoffs assume frequent tokens have small ids. Every line of text, empty lines
-included, is encoded as its pieces followed by the end-of-line id: that matches WikiText's own
-convention of one `<eos>` per line, so word-level perplexity uses the published word counts.
+adaptive softmax cutoffs assume frequent tokens have small ids. Id 0 is padding and id 1 ends a
+line in every vocabulary. Word corpora (WikiText, your own text) are tokenized by SentencePiece,
+every line, empty lines included, as its pieces followed by the end-of-line id: that matches
+WikiText's own convention of one `<eos>` per line, so word-level perplexity uses the published
+word counts. Character corpora (enwik8, text8) give each byte of their alphabet one id: a line
+break is the end-of-line id and the others follow from id 2 by training frequency, so that a
+split of C bytes is C tokens and bits per character is total NLL / (ln 2 x C).
+
+Every pass over a corpus streams it: text is read, tokenized and written a chunk at a time, and a
+split's token stream waits on disk between tokenizing and batching, so memory does not grow with
+the corpus.
 """
 import dataclasses
 import hashlib
@@ -31,56 +39,96 @@ import zipfile
 import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
-import tensorflow_text as tf_text
+from absl import logging
 
 import reliability
+from config import DEFAULT_DATA_DIR, METADATA_FILE, TOKENIZER_FILE, UNIGRAM_FILE  # noqa: F401  (a dataset's files)
 
 SPLITS = ("train", "valid", "test")
 PAD_ID = 0  # Never a target: padding counts in neither the numerator nor the denominator.
 EOL_ID = 1  # Ends every line of text.
-METADATA_FILE = "metadata.json"
-TOKENIZER_FILE = "spm.model"
-UNIGRAM_FILE = "unigram.txt"
 
-# The default dataset, each of its defaults written only here: build_data.py's flags and build_dataset,
-# bench.py's synthetic data and the scripts that read the dataset (--data_dir, --unigram_file) use these.
-DEFAULT_DATA_DIR = "data/tfrecords"  # What ./create_tfrecords.sh builds and train.py reads.
-DEFAULT_VOCAB_SIZE = 12000  # SentencePiece pieces, reserved ids included.
+# The default dataset, each of its defaults written only here (its folder and file names in config.py):
+# build_data.py's flags and build_dataset, and bench.py's synthetic data use these.
+DEFAULT_DATASET = "wikitext-2"
+DEFAULT_VOCAB_SIZE = 12000  # SentencePiece pieces, reserved ids included (WikiText-2 and your own text).
 DEFAULT_LOWERCASE = True  # As the reference run did.
 DEFAULT_MODEL_TYPE = "unigram"  # SentencePiece's model type.
+DEFAULT_TOKENIZER_SENTENCES = 40_000  # SentencePiece trains on at most this many train lines, evenly spaced (WikiText-2: all 36,718).
 DEFAULT_BATCH_SIZE = 32  # Contiguous streams per batch: the global batch.
 DEFAULT_SEQ_LEN = 32  # Tokens per segment.
 DEFAULT_SHARDS = 1  # TFRecord files per split.
 
 # The dataset author's mirror; it answers 403 to Python's default User-Agent.
 BROWSER_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
+BLOCK_BYTES = 1 << 24  # Bytes read at a time from a character corpus or a download.
+PROGRESS_BYTES = 100 << 20  # A progress line per this many bytes read or downloaded,
+PROGRESS_TOKENS = 20_000_000  # and per this many tokens written.
 
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-    """Where a corpus comes from and what its splits must contain (lines, words with one end-of-line per line)."""
+    """Where a published corpus comes from, how to check it, and how its files hold the three splits.
+
+    A word corpus has one file per split, checked by its line and word counts. A character corpus is
+    one file whose first `split_bytes` bytes are train, valid and test in turn, checked by its size.
+    """
 
     url: str
-    folder: str  # Folder inside the zip, and under the data directory once extracted.
-    files: dict  # split -> file name inside `folder`.
-    expected_counts: dict  # split -> (lines, words); None skips the check.
+    folder: str  # Folder under the data directory holding `files` once extracted; --corpus_dir holds the same.
+    files: dict  # split -> file name in `folder` (and in the zip's `zip_folder`).
+    zip_folder: str = None  # Folder of the files inside the zip, "" for its top level; None: `folder`.
+    expected_counts: dict = None  # Word corpora: split -> (lines, words counting one end-of-line per line).
+    vocab_size: int = DEFAULT_VOCAB_SIZE  # Word corpora: the default SentencePiece vocabulary.
+    split_bytes: dict = None  # Character corpora: split -> bytes, in SPLITS order from the file's start.
+    alphabet: bytes = None  # Character corpora: the bytes that may occur, one id each.
+    archive_bytes: int = None  # The zip's published size, checked before it is opened; None: unchecked.
+    archive_digest: tuple = None  # The zip's published (hashlib algorithm, hex digest); None: unchecked.
 
 
+def wikitext(size, variant, counts, vocab_size, archive_bytes=None, archive_digest=None):
+    """A WikiText corpus on the dataset author's mirror: `variant` "tokenized" (with <unk>) or "raw"."""
+    name = f"wikitext-{size}" + ("-raw" if variant == "raw" else "")
+    extension = "raw" if variant == "raw" else "tokens"
+    return Corpus(url=f"https://wikitext.smerity.com/{name}-v1.zip", folder=name,
+                  files={split: f"wiki.{split}.{extension}" for split in SPLITS}, expected_counts=counts,
+                  vocab_size=vocab_size, archive_bytes=archive_bytes, archive_digest=archive_digest)
+
+
+# Lines and words (one end-of-line per line) of each split, as published with the corpora (Merity et al. 2016).
 WIKITEXT2_COUNTS = {"train": (36_718, 2_088_628), "valid": (3_760, 217_646), "test": (4_358, 245_569)}
-WIKITEXT2 = {
-    "tokenized": Corpus(
-        url="https://wikitext.smerity.com/wikitext-2-v1.zip",
-        folder="wikitext-2",
-        files={split: f"wiki.{split}.tokens" for split in SPLITS},
-        expected_counts=WIKITEXT2_COUNTS,
-    ),
-    "raw": Corpus(
-        url="https://wikitext.smerity.com/wikitext-2-raw-v1.zip",
-        folder="wikitext-2-raw",
-        files={split: f"wiki.{split}.raw" for split in SPLITS},
-        expected_counts=WIKITEXT2_COUNTS,
-    ),
+WIKITEXT103_COUNTS = {"train": (1_801_350, 103_227_021), "valid": (3_760, 217_646), "test": (4_358, 245_569)}
+# WikiText-2's zips are checked by their splits' counts only, as before; the others' sizes and digests are the ones
+# published for the same files (Hugging Face datasets' dataset_infos.json; text8: its size from TensorFlow's word2vec
+# tutorial and the SHA-1 of a public text8 loader).
+WIKITEXT2 = {variant: wikitext(2, variant, WIKITEXT2_COUNTS, DEFAULT_VOCAB_SIZE) for variant in ("tokenized", "raw")}
+WIKITEXT103 = {  # 32k pieces: about 2.5x WikiText-2's vocabulary per 50x its text, the usual size for 100M words.
+    "tokenized": wikitext(103, "tokenized", WIKITEXT103_COUNTS, 32000, 190_229_076,
+                          ("sha256", "242ba0f20b329cfdf1ccc61e9e9e5b59becf189db7f7a81cd2a0e2fc31539590")),
+    "raw": wikitext(103, "raw", WIKITEXT103_COUNTS, 32000, 191_984_949,
+                    ("sha256", "91c00ae287f0d699e18605c84afc9e45c192bc6b7797ff8837e5474655a33794")),
 }
+CHARACTER_SPLIT_BYTES = {"train": 90_000_000, "valid": 5_000_000, "test": 5_000_000}  # As Transformer-XL and others cut them.
+ENWIK8 = Corpus(url="http://mattmahoney.net/dc/enwik8.zip", folder="enwik8", zip_folder="",
+                files=dict.fromkeys(SPLITS, "enwik8"), split_bytes=CHARACTER_SPLIT_BYTES, alphabet=bytes(range(256)),
+                archive_bytes=36_445_475,
+                archive_digest=("sha256", "547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc"))
+TEXT8 = Corpus(url="http://mattmahoney.net/dc/text8.zip", folder="text8", zip_folder="",
+               files=dict.fromkeys(SPLITS, "text8"), split_bytes=CHARACTER_SPLIT_BYTES,
+               alphabet=b" abcdefghijklmnopqrstuvwxyz", archive_bytes=31_344_016,
+               archive_digest=("sha1", "3de703932151f5a2c68fc41c5ccf5c76e7d6c366"))
+DATASETS = {"wikitext-2": WIKITEXT2, "wikitext-103": WIKITEXT103, "enwik8": ENWIK8, "text8": TEXT8}  # WikiText: by variant.
+
+
+def find_corpus(dataset, variant="tokenized"):
+    """The Corpus of build_data.py's --dataset and --variant."""
+    if dataset not in DATASETS:
+        raise DataError(f"--dataset={dataset}: unknown; choose one of {', '.join(DATASETS)}.")
+    if isinstance(DATASETS[dataset], Corpus):
+        if variant != "tokenized":
+            raise DataError(f"--variant={variant}: only WikiText has variants; {dataset} has one form.")
+        return DATASETS[dataset]
+    return DATASETS[dataset][variant]
 
 
 class DataError(ValueError):
@@ -97,27 +145,84 @@ def error_line(error):
     return next(iter(str(error).splitlines()), type(error).__name__)
 
 
+class Progress:
+    """Logs `what` each time another `every` units of `total` are done, so that long work shows it moves."""
+
+    def __init__(self, what, total, every, unit="MB", scale=1 << 20):
+        self.what, self.total, self.every, self.unit, self.scale = what, total, every, unit, scale
+        self.done, self.next_report = 0, every
+
+    def advance(self, amount):
+        self.done += amount
+        if self.done >= self.next_report:
+            while self.next_report <= self.done:
+                self.next_report += self.every
+            of_total = f" of {self.total / self.scale:,.0f}" if self.total else ""
+            logging.info("%s: %s%s %s", self.what, f"{self.done / self.scale:,.0f}", of_total, self.unit)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading text and checking it.
 
 
-def sha256_of(path):
-    digest = hashlib.sha256()
+def file_digest(path, algorithm="sha256"):
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
-def read_lines(path):
-    """Returns (lines without their line ends, number of invalid UTF-8 sequences replaced by U+FFFD)."""
-    raw = pathlib.Path(path).read_bytes()
-    text = raw.decode("utf-8", errors="replace")
-    replaced = text.count("\ufffd") - raw.count("\ufffd".encode())  # Each invalid sequence becomes one U+FFFD.
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # The final line end closes the last line; it does not open an empty one.
-    return lines, replaced
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """One split's text: bytes [start, stop) of a file, the whole file by default."""
+
+    path: pathlib.Path
+    start: int = 0
+    stop: int = None  # None: the file's end.
+
+    def size(self):
+        return (self.stop if self.stop is not None else self.path.stat().st_size) - self.start
+
+
+def read_blocks(span, block_bytes=BLOCK_BYTES):
+    """The span's bytes, in blocks of at most block_bytes."""
+    remaining = span.size()
+    with open(span.path, "rb") as f:
+        f.seek(span.start)
+        while remaining > 0:
+            block = f.read(min(block_bytes, remaining))
+            if not block:
+                break
+            remaining -= len(block)
+            yield block
+
+
+def read_line_chunks(span, lines_per_chunk=4096):
+    """The span's lines in lists of at most lines_per_chunk, without their line ends, invalid UTF-8
+    replaced by U+FFFD; yields (lines, number of invalid sequences replaced).
+
+    Lines end at "\\n" only; the file's final line end closes its last line and opens no empty one.
+    A span starts and stops at line starts.
+    """
+    stop = span.stop if span.stop is not None else float("inf")
+    lines, replaced, position = [], 0, span.start
+    with open(span.path, "rb") as f:
+        f.seek(span.start)
+        for raw in f:
+            if position >= stop:
+                break
+            position += len(raw)
+            line = raw.removesuffix(b"\n").decode("utf-8", errors="replace")
+            replaced += line.count("\ufffd") - raw.count("\ufffd".encode())  # Each invalid sequence becomes one U+FFFD.
+            lines.append(line)
+            if len(lines) == lines_per_chunk:
+                yield lines, replaced
+                lines, replaced = [], 0
+    if lines:
+        yield lines, replaced
+
+
+def read_lines(span):
+    """The span's lines, one at a time (read_line_chunks' replacements)."""
+    return (line for lines, _ in read_line_chunks(span) for line in lines)
 
 
 def count_words(lines):
@@ -125,18 +230,48 @@ def count_words(lines):
     return sum(len(line.split()) for line in lines) + len(lines)
 
 
-def check_counts(path, lines, expected):
-    """Raises DataError unless `lines` has the expected (line, word) counts."""
-    actual = (len(lines), count_words(lines))
-    if actual != tuple(expected):
+def scan_lines(span):
+    """dict(lines, words, replaced: invalid UTF-8 sequences, blank: whether every line is blank) of a span."""
+    counts = dict(lines=0, words=0, replaced=0, blank=True)
+    progress = Progress(f"Read {span.path.name}", span.size(), PROGRESS_BYTES)
+    for lines, replaced in read_line_chunks(span):
+        counts["lines"] += len(lines)
+        counts["words"] += count_words(lines)
+        counts["replaced"] += replaced
+        counts["blank"] = counts["blank"] and not any(line.strip() for line in lines)
+        progress.advance(sum(len(line) for line in lines))
+    return counts
+
+
+def check_counts(path, actual, expected):
+    """Raises DataError unless the (line, word) counts `actual` are the `expected` ones."""
+    if tuple(actual) != tuple(expected):
         raise DataError(
             f"{path}: {actual[0]:,} lines and {actual[1]:,} words, expected {expected[0]:,} lines "
             f"and {expected[1]:,} words; the file is truncated or corrupted."
         )
 
 
+def byte_counts(span):
+    """How often each of the 256 byte values occurs in the span: [256] int64."""
+    counts = np.zeros(256, np.int64)
+    progress = Progress(f"Read {span.path.name}", span.size(), PROGRESS_BYTES)
+    for block in read_blocks(span):
+        counts += np.bincount(np.frombuffer(block, np.uint8), minlength=256)
+        progress.advance(len(block))
+    return counts
+
+
+def check_alphabet(span, counts, alphabet, split):
+    """Raises DataError, naming the file and a stray byte, if the span's byte `counts` fall outside `alphabet`."""
+    stray = np.setdiff1d(np.flatnonzero(counts), np.frombuffer(alphabet, np.uint8))
+    if len(stray):
+        raise DataError(f"{span.path}: the {split} split holds {int(counts[stray].sum()):,} bytes outside the corpus' "
+                        f"{len(alphabet)}-symbol alphabet (such as 0x{stray[0]:02x}); it is not this corpus.")
+
+
 # ---------------------------------------------------------------------------------------------
-# Getting WikiText-2.
+# Getting a corpus.
 
 
 def download(url, destination, retries=3, backoff_seconds=2.0, timeout=60):
@@ -148,7 +283,11 @@ def download(url, destination, retries=3, backoff_seconds=2.0, timeout=60):
     for attempt in range(1, retries + 1):
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response, open(partial, "wb") as out:
-                shutil.copyfileobj(response, out, length=1 << 20)
+                progress = Progress(f"Downloaded {destination.name}", int(response.headers.get("Content-Length") or 0),
+                                    PROGRESS_BYTES)
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    progress.advance(len(block))
             os.replace(partial, destination)
             return destination
         except (urllib.error.URLError, OSError) as error:
@@ -157,31 +296,70 @@ def download(url, destination, retries=3, backoff_seconds=2.0, timeout=60):
             if attempt < retries:
                 time.sleep(backoff_seconds * attempt)
     raise DataError(
-        f"Could not download {url} after {retries} attempts ({last_error}). Download and unzip it by hand, "
-        f"then pass its folder with --wikitext_dir or the WIKITEXT2_DIR environment variable."
+        f"Could not download {url} after {retries} attempts ({last_error}). Download it by hand into "
+        f"{destination.parent}/, or unzip it and pass the folder of its files with --corpus_dir."
     )
 
 
-def extract_corpus(zip_path, corpus, data_dir):
-    """Extracts the corpus folder from `zip_path` into `data_dir`, checks every split, returns its path.
+def check_archive(zip_path, corpus):
+    """Raises DataError unless the zip has the corpus' published size and digest (where published)."""
+    size = pathlib.Path(zip_path).stat().st_size
+    if corpus.archive_bytes is not None and size != corpus.archive_bytes:
+        raise DataError(f"{size:,} bytes, expected the published {corpus.archive_bytes:,}.")
+    if corpus.archive_digest is not None:
+        algorithm, expected = corpus.archive_digest
+        actual = file_digest(zip_path, algorithm)
+        if actual != expected:
+            raise DataError(f"{algorithm} {actual}, expected the published {expected}.")
 
-    A zip that is not a zip, lacks a split, or whose splits have the wrong counts is deleted,
-    together with anything extracted from it.
+
+def corpus_spans(corpus, folder):
+    """{split: Span} of a corpus' files in `folder`, a character corpus' file cut into its split sizes."""
+    folder = pathlib.Path(folder)
+    for name in dict.fromkeys(corpus.files.values()):
+        if not (folder / name).is_file():
+            raise DataError(f"{folder / name}: no such file; {corpus.folder} needs {', '.join(dict.fromkeys(corpus.files.values()))} "
+                            f"in {folder}.")
+    if corpus.split_bytes is None:
+        return {split: Span(folder / name) for split, name in corpus.files.items()}
+    path = folder / corpus.files["train"]
+    size, expected = path.stat().st_size, sum(corpus.split_bytes.values())
+    if size != expected:
+        raise DataError(f"{path}: {size:,} bytes, expected {expected:,} (train, valid and test "
+                        f"{', '.join(f'{n:,}' for n in corpus.split_bytes.values())}); the file is truncated or corrupted.")
+    bounds = np.cumsum([0] + [corpus.split_bytes[split] for split in SPLITS]).tolist()
+    return {split: Span(path, start, stop) for split, start, stop in zip(SPLITS, bounds, bounds[1:])}
+
+
+def check_corpus(corpus, spans):
+    """Raises DataError unless a word corpus' splits have the published counts (a character corpus' sizes
+    are checked by corpus_spans)."""
+    if corpus.expected_counts:
+        for split, span in spans.items():
+            counts = scan_lines(span)
+            check_counts(span.path, (counts["lines"], counts["words"]), corpus.expected_counts[split])
+
+
+def extract_corpus(zip_path, corpus, data_dir):
+    """Extracts the corpus' files from `zip_path` into `data_dir/corpus.folder`, checks them, returns the folder.
+
+    A zip of the wrong size or digest, one that is not a zip or lacks a file, or whose splits have the
+    wrong counts or size is deleted, together with anything extracted from it.
     """
     target = pathlib.Path(data_dir) / corpus.folder
     staging = pathlib.Path(tempfile.mkdtemp(prefix=".extract-", dir=data_dir))
     try:
+        check_archive(zip_path, corpus)
         with zipfile.ZipFile(zip_path) as archive:
-            for split, name in corpus.files.items():
-                member = f"{corpus.folder}/{name}"
+            for name in dict.fromkeys(corpus.files.values()):
+                zip_folder = corpus.folder if corpus.zip_folder is None else corpus.zip_folder
+                member = f"{zip_folder}/{name}" if zip_folder else name
                 try:
-                    data = archive.read(member)
+                    with archive.open(member) as source, open(staging / name, "wb") as out:
+                        shutil.copyfileobj(source, out, length=BLOCK_BYTES)
                 except KeyError:
-                    raise DataError(f"{zip_path}: has no {member}; it is not the {corpus.folder} archive.") from None
-                (staging / name).write_bytes(data)
-        for split, name in corpus.files.items():
-            if corpus.expected_counts:
-                check_counts(zip_path, read_lines(staging / name)[0], corpus.expected_counts[split])
+                    raise DataError(f"has no {member}; it is not the {corpus.folder} archive.") from None
+        check_corpus(corpus, corpus_spans(corpus, staging))
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -193,34 +371,35 @@ def extract_corpus(zip_path, corpus, data_dir):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def locate_corpus(corpus, data_dir, local_dir=None, log=print):
-    """Returns the folder holding the corpus splits: `local_dir` if given, else `data_dir/folder`, else a download."""
+def locate_corpus(corpus, data_dir, local_dir=None):
+    """The folder holding the corpus' files: `local_dir` if given, else `data_dir/folder`, else the zip
+    extracted, from `data_dir` if one was put there by hand, else downloaded."""
     if local_dir:
         folder = pathlib.Path(local_dir)
         if not folder.is_dir():
-            raise DataError(f"--wikitext_dir / WIKITEXT2_DIR {folder}: no such directory.")
+            raise DataError(f"--corpus_dir {folder}: no such directory.")
         return folder
     folder = pathlib.Path(data_dir) / corpus.folder
     if all((folder / name).is_file() for name in corpus.files.values()):
         return folder
     pathlib.Path(data_dir).mkdir(parents=True, exist_ok=True)
     zip_path = pathlib.Path(data_dir) / pathlib.PurePosixPath(corpus.url).name
-    log(f"Downloading {corpus.url} to {zip_path}")
-    download(corpus.url, zip_path)
+    if zip_path.is_file():
+        logging.info("Extracting %s", zip_path)
+    else:
+        logging.info("Downloading %s to %s", corpus.url, zip_path)
+        download(corpus.url, zip_path)
     folder = extract_corpus(zip_path, corpus, data_dir)
     zip_path.unlink()
     return folder
 
 
 def find_split_files(path):
-    """The `--input_text` corpus: each split's file, from a directory with train/valid/test files.
-
-    One file is returned as its path, for `cut_splits` to divide once it has been read and checked
-    like any split file.
-    """
+    """The `--input_text` corpus: {split: Span}, from a directory with one train, valid and test file,
+    or one file cut by lines into train (90%), valid (5%) and test (5%)."""
     path = pathlib.Path(path)
     if path.is_file():
-        return path
+        return cut_splits(path)
     if not path.is_dir():
         raise DataError(f"--input_text {path}: no such file or directory.")
     files = {}
@@ -231,29 +410,43 @@ def find_split_files(path):
                 f"--input_text {path}: expected exactly one file with '{split}' in its name, found "
                 f"{[m.name for m in matches] or 'none'}."
             )
-        files[split] = matches[0]
+        files[split] = Span(matches[0])
     return files
 
 
-def cut_splits(lines, path):
-    """Cuts one file's lines into contiguous train (90%), valid (5%) and test (5%) parts, by split."""
-    if len(lines) < 3:
-        raise DataError(f"--input_text {path}: {len(lines)} lines; need at least 3 to cut train/valid/test.")
-    held_out = max(1, len(lines) // 20)
-    return {
-        "train": lines[: len(lines) - 2 * held_out],
-        "valid": lines[len(lines) - 2 * held_out : len(lines) - held_out],
-        "test": lines[len(lines) - held_out :],
-    }
+def cut_splits(path):
+    """One file's lines cut into contiguous train (90%), valid (5%) and test (5%) Spans, reading it twice."""
+    with open(path, "rb") as f:
+        num_lines = sum(1 for _ in f)
+    if num_lines < 3:
+        raise DataError(f"--input_text {path}: {num_lines} lines; need at least 3 to cut train/valid/test.")
+    held_out = max(1, num_lines // 20)
+    first_lines = (num_lines - 2 * held_out, num_lines - held_out)  # Of valid and of test.
+    starts, position = [], 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f):
+            if number in first_lines:
+                starts.append(position)
+            position += len(line)
+    return {"train": Span(path, 0, starts[0]), "valid": Span(path, starts[0], starts[1]),
+            "test": Span(path, starts[1], position)}
 
 
 # ---------------------------------------------------------------------------------------------
 # Tokenizer.
 
 
-def train_sentencepiece(lines, model_path, vocab_size, lowercase=DEFAULT_LOWERCASE, model_type=DEFAULT_MODEL_TYPE):
-    """Trains SentencePiece on the training lines; reserves pad, end-of-line and keeps `<unk>` one piece.
+def evenly_spaced(items, num_items, count):
+    """`count` of an iterable's `num_items` items, evenly spaced through it; all of them if count >= num_items."""
+    for number, item in enumerate(items):
+        if (number + 1) * count // num_items > number * count // num_items:
+            yield item
 
+
+def train_sentencepiece(lines, model_path, vocab_size, lowercase=DEFAULT_LOWERCASE, model_type=DEFAULT_MODEL_TYPE):
+    """Trains SentencePiece on an iterable of training lines; reserves pad, end-of-line and keeps `<unk>` one piece.
+
+    It holds about 15x the lines' text in memory: give a large corpus as a sample (evenly_spaced).
     Ids here are SentencePiece's own; `frequency_ranking` then reorders them.
     """
     try:
@@ -301,6 +494,10 @@ class Tokenizer:
     """
 
     def __init__(self, model_proto, rank):
+        # Imported here, not with the module: it holds 130 MB, which training SentencePiece (build_data.py's peak)
+        # and a character corpus do without.
+        import tensorflow_text as tf_text
+
         self._sentencepiece = tf_text.SentencepieceTokenizer(model=model_proto, out_type=tf.int32)
         self._to_model_id = tf.constant(rank, tf.int32)
         self._to_sentencepiece_id = tf.constant(np.argsort(rank), tf.int32)
@@ -309,6 +506,8 @@ class Tokenizer:
     @classmethod
     def load(cls, data_dir):
         metadata = load_metadata(data_dir)
+        if "model_file" not in metadata["tokenizer"]:
+            raise DataError(f"{data_dir}: a character dataset, which has no SentencePiece tokenizer to load.")
         proto = (pathlib.Path(data_dir) / metadata["tokenizer"]["model_file"]).read_bytes()
         return cls(proto, metadata["tokenizer"]["id_rank"])
 
@@ -330,45 +529,119 @@ class Tokenizer:
         return tf.strings.reduce_join(self._sentencepiece.detokenize(lines), separator="\n")
 
 
-def encode_lines(encode_fn, lines, batch_lines=4096):
-    """Encodes a list of lines into one flat int32 stream through a tf.data pipeline."""
-    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(lines, tf.string) if lines else tf.zeros([0], tf.string))
-    dataset = dataset.batch(batch_lines).map(lambda batch: encode_fn(batch).flat_values).prefetch(tf.data.AUTOTUNE)
-    chunks = list(dataset.as_numpy_iterator())
-    return np.concatenate(chunks) if chunks else np.zeros([0], np.int32)
+def character_ranking(alphabet, train_counts):
+    """id_of_byte [256] of a character corpus: a line break is EOL_ID, the alphabet's other bytes take ids
+    from 2 on by descending count in `train_counts` ([256] per byte; ties in byte order), others -1.
+
+    The vocabulary is 2 + the alphabet's bytes other than a line break; EOL_ID is reserved even when
+    the alphabet has no line break, so that id 1 ends a line in every vocabulary.
+    """
+    symbols = np.setdiff1d(np.frombuffer(alphabet, np.uint8), [ord("\n")])  # Sorted by byte value.
+    line_breaks = int(train_counts[ord("\n")])
+    rank = frequency_ranking(np.concatenate([[0, line_breaks], np.asarray(train_counts)[symbols]]))
+    id_of_byte = np.full(256, -1, np.int32)
+    id_of_byte[symbols] = rank[2:]
+    if ord("\n") in alphabet:
+        id_of_byte[ord("\n")] = EOL_ID
+    return id_of_byte
+
+
+class TokenFile:
+    """A split's token stream on disk, flat int32: appended a chunk at a time, read back by slices
+    (`len` and `[start:stop]`, all that context_batch reads) without holding or mapping it whole."""
+
+    dtype = np.dtype(np.int32)
+
+    def __init__(self, path):
+        self.path = pathlib.Path(path)
+        self.path.write_bytes(b"")
+
+    def append(self, ids):
+        with open(self.path, "ab") as f:
+            np.asarray(ids, self.dtype).tofile(f)
+
+    def __len__(self):
+        return self.path.stat().st_size // self.dtype.itemsize
+
+    def __getitem__(self, index):
+        start, stop, _ = index.indices(len(self))
+        return np.fromfile(self.path, self.dtype, count=max(0, stop - start), offset=start * self.dtype.itemsize)
+
+    def rerank(self, rank, chunk=1 << 20):
+        """Replaces every id x by rank[x], in place, a chunk at a time."""
+        with open(self.path, "r+b") as f:
+            for start in range(0, len(self), chunk):
+                f.seek(start * self.dtype.itemsize)
+                ids = np.fromfile(f, self.dtype, count=chunk)
+                f.seek(start * self.dtype.itemsize)
+                rank[ids].astype(self.dtype).tofile(f)
+
+
+def encode_lines_to_file(encode_fn, line_chunks, token_file, vocab_size, what="text"):
+    """Encodes chunks of lines (lists of str) through a tf.data pipeline, appending each chunk's ids to
+    token_file; returns how often each id occurred, [vocab_size] int64."""
+    dataset = tf.data.Dataset.from_generator(lambda: (lines for lines, _ in line_chunks),
+                                             output_signature=tf.TensorSpec([None], tf.string))
+    dataset = dataset.map(lambda batch: encode_fn(batch).flat_values).prefetch(tf.data.AUTOTUNE)
+    counts = np.zeros(vocab_size, np.int64)
+    progress = Progress(f"Tokenized {what}", None, PROGRESS_TOKENS, unit="M tokens", scale=1e6)
+    for ids in dataset.as_numpy_iterator():
+        token_file.append(ids)
+        counts += np.bincount(ids, minlength=vocab_size)
+        progress.advance(len(ids))
+    return counts
+
+
+def encode_bytes_to_file(id_of_byte, span, token_file):
+    """Maps each byte of the span to its id (character_ranking), appending them to token_file a block at a time."""
+    for block in read_blocks(span):
+        token_file.append(id_of_byte[np.frombuffer(block, np.uint8)])
 
 
 # ---------------------------------------------------------------------------------------------
 # Context batching and TFRecords.
 
 
-def context_batch(stream, batch_size, seq_len, pad_id=None):
-    """Cuts a token stream into `[num_batches, batch_size, seq_len + 1]` windows, Transformer-XL style.
+def context_layout(num_tokens, batch_size, seq_len, padded):
+    """(row_len, num_batches) of a stream of num_tokens cut into batch_size rows, Transformer-XL style.
 
-    Row i of window k is stream_i[k*L : k*L + L + 1], where stream_i is the i-th of `batch_size`
-    contiguous pieces of the stream; consecutive windows of a row share exactly one token. With
-    `pad_id=None` the final partial segment (and the last len(stream) % batch_size tokens) is
-    dropped; otherwise each row is padded at its end so that every token lands in a window.
+    Unpadded, each row holds num_tokens // batch_size tokens and its final partial segment is
+    dropped; padded, each row holds ceil(num_tokens / batch_size) (the last ones padded) and the last
+    segment is padded so that every token lands in a window.
     """
-    stream = np.asarray(stream)
-    num_tokens = len(stream)
-    if pad_id is None:
-        row_len = len(stream) // batch_size
-        num_batches = (row_len - 1) // seq_len
-    else:
-        row_len = -(-len(stream) // batch_size)
+    if padded:
+        row_len = -(-num_tokens // batch_size)
         num_batches = -(-(row_len - 1) // seq_len)
-        stream = np.concatenate([stream, np.full(batch_size * row_len - len(stream), pad_id, stream.dtype)])
+    else:
+        row_len = num_tokens // batch_size
+        num_batches = (row_len - 1) // seq_len
     if num_batches < 1:
         raise DataError(
             f"{num_tokens:,} tokens are too few for batch_size {batch_size} x (seq_len {seq_len} + 1) = "
             f"{batch_size * (seq_len + 1):,}; lower --batch_size or --seq_len."
         )
-    rows = stream[: batch_size * row_len].reshape(batch_size, row_len)
-    if pad_id is not None:  # Pad each row's end up to whole segments.
-        rows = np.pad(rows, [(0, 0), (0, num_batches * seq_len + 1 - row_len)], constant_values=pad_id)
-    starts = np.arange(num_batches) * seq_len
-    windows = rows[:, starts[:, None] + np.arange(seq_len + 1)]  # [B, num_batches, L + 1]
+    return row_len, num_batches
+
+
+def context_batch(stream, batch_size, seq_len, pad_id=None, batches=None):
+    """Cuts a token stream into `[num_batches, batch_size, seq_len + 1]` windows, Transformer-XL style.
+
+    Row i of window k is stream_i[k*L : k*L + L + 1], where stream_i is the i-th of `batch_size`
+    contiguous pieces of the stream (context_layout); consecutive windows of a row share exactly one
+    token. With `pad_id=None` the final partial segment (and the last len(stream) % batch_size tokens)
+    is dropped; otherwise each row is padded at its end so that every token lands in a window.
+    `batches` (a range) returns only those windows. The stream is an array or anything with a dtype,
+    `len` and `[start:stop]` slices (TokenFile): each row's tokens are read as one slice.
+    """
+    row_len, num_batches = context_layout(len(stream), batch_size, seq_len, padded=pad_id is not None)
+    batches = batches or range(num_batches)
+    covered = len(batches) * seq_len + 1  # Tokens of each row that these windows hold.
+    rows = np.full([batch_size, covered], pad_id or 0, stream.dtype)
+    for i in range(batch_size):
+        start = i * row_len + batches.start * seq_len
+        stop = max(start, min(start + covered, (i + 1) * row_len, len(stream)))  # Padded rows end early.
+        rows[i, : stop - start] = stream[start:stop]
+    windows = rows[:, np.arange(len(batches))[:, None] * seq_len + np.arange(seq_len + 1)]  # [B, n, L + 1]
     return np.ascontiguousarray(windows.transpose(1, 0, 2))
 
 
@@ -378,19 +651,31 @@ def shard_ranges(num_batches, num_shards):
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def write_tfrecords(windows, directory, split, num_shards=DEFAULT_SHARDS):
-    """Writes one example per batch window, in order, into `num_shards` files; returns their names."""
-    num_shards = max(1, min(num_shards, len(windows)))
-    names = []
-    for shard, (start, stop) in enumerate(shard_ranges(len(windows), num_shards)):
+def write_tfrecords(stream, directory, split, batch_size, seq_len, pad_id=None, num_shards=DEFAULT_SHARDS,
+                    tokens_per_write=1 << 20):
+    """Context-batches a token stream (context_batch) into `num_shards` files of one example per batch
+    window, in order, cutting about tokens_per_write tokens of windows at a time.
+
+    Returns dict(files: their names, batches, predicted_tokens: targets that are not padding).
+    """
+    _, num_batches = context_layout(len(stream), batch_size, seq_len, padded=pad_id is not None)
+    num_shards = max(1, min(num_shards, num_batches))
+    batches_per_write = max(1, tokens_per_write // (batch_size * (seq_len + 1)))
+    progress = Progress(f"Wrote {split}", num_batches * batch_size * seq_len, PROGRESS_TOKENS, unit="M tokens", scale=1e6)
+    names, predicted = [], 0
+    for shard, (start, stop) in enumerate(shard_ranges(num_batches, num_shards)):
         name = f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord"
         with tf.io.TFRecordWriter(str(pathlib.Path(directory) / name)) as writer:
-            for window in windows[start:stop]:
-                feature = tf.train.Feature(int64_list=tf.train.Int64List(value=window.reshape(-1)))
-                example = tf.train.Example(features=tf.train.Features(feature={"window": feature}))
-                writer.write(example.SerializeToString())
+            for first in range(start, stop, batches_per_write):
+                windows = context_batch(stream, batch_size, seq_len, pad_id, range(first, min(first + batches_per_write, stop)))
+                predicted += int(np.sum(windows[:, :, 1:] != PAD_ID))
+                for window in windows:
+                    feature = tf.train.Feature(int64_list=tf.train.Int64List(value=window.reshape(-1)))
+                    example = tf.train.Example(features=tf.train.Features(feature={"window": feature}))
+                    writer.write(example.SerializeToString())
+                progress.advance(len(windows) * batch_size * seq_len)
         names.append(name)
-    return names
+    return dict(files=names, batches=num_batches, predicted_tokens=predicted)
 
 
 def read_windows(files, batch_size, seq_len):
@@ -414,7 +699,9 @@ def load_metadata(data_dir):
 
 
 # The build settings that decide which id a text gets; batch_size, seq_len and shards only lay the ids out.
-TOKENIZER_SETTINGS = ("source_sha256", "vocab_size", "lowercase", "model_type")
+# A setting that a build did not record (tokenizer_sentences when all train lines trained, alphabet for a word
+# corpus) compares equal to its absence.
+TOKENIZER_SETTINGS = ("source_sha256", "vocab_size", "lowercase", "model_type", "tokenizer_sentences", "alphabet")
 
 
 def check_data_matches_model(data_dir, record):
@@ -455,9 +742,11 @@ def write_stream_dataset(directory, stream, vocab_size, batch_size, seq_len):
     """TFRecords and metadata for one given token stream serving as every split (synthetic data)."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    windows = context_batch(np.asarray(stream, np.int64), batch_size, seq_len)
-    splits = {split: dict(files=write_tfrecords(windows, directory, split), batches=len(windows), words=len(stream))
-              for split in SPLITS}
+    stream = np.asarray(stream, np.int64)
+    splits = {}
+    for split in SPLITS:
+        written = write_tfrecords(stream, directory, split, batch_size, seq_len)
+        splits[split] = dict(files=written["files"], batches=written["batches"], words=len(stream))
     metadata = dict(vocab_size=vocab_size, batch_size=batch_size, seq_len=seq_len, splits=splits,
                     settings=dict(source="synthetic"))
     (directory / METADATA_FILE).write_text(json.dumps(metadata))

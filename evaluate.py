@@ -1,4 +1,4 @@
-"""Scores a model on a whole split: token-level and word-level perplexity.
+"""Scores a model on a whole split: token-level perplexity, and word perplexity or bits per character.
 
     python evaluate.py logs/base --split=test --mem_len=64
 
@@ -7,8 +7,10 @@ CHECKPOINT is a run directory (its latest checkpoint), a checkpoint prefix insid
 longer than in training: relative positional attention has no learned positions.
 
 Perplexity is exp(total NLL / total scored tokens) over a whole split, never a mean of per-batch
-perplexities; word-level perplexity divides the same total NLL by the split's word count. The
-memory is carried through the split from empty, as in training.
+perplexities. The same total NLL gives the units comparable with published results: on a word
+corpus (WikiText), word perplexity exp(NLL / the split's words); on a character corpus (enwik8,
+text8), bits per character NLL / (ln 2 x the split's characters). The memory is carried through
+the split from empty, as in training.
 """
 import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
 
@@ -58,11 +60,12 @@ def _compile_evaluation_step(model, eval_modes, jit_compile):
     return tf.function(step, jit_compile=jit_compile)
 
 
-def evaluate_modes(model, dataset, words, batch_size, jit_compile="auto", max_batches=0, eval_modes=("mix",)):
-    """{eval_mode: token and word perplexity} over a split, all modes in one pass over it, each
-    with its memory carried through the split from empty.
+def evaluate_modes(model, dataset, counts, batch_size, jit_compile="auto", max_batches=0, eval_modes=("mix",)):
+    """{eval_mode: perplexities} over a split, all modes in one pass over it, each with its memory
+    carried through the split from empty.
 
-    eval_modes: a SuperNet "mix"es its candidates with pi, or runs each block's "argmax" candidate.
+    counts: the split's metadata (its "words" or "characters"). eval_modes: a SuperNet "mix"es its
+    candidates with pi, or runs each block's "argmax" candidate.
     """
     step = evaluation_step(model, eval_modes, use_xla(jit_compile))
     memories = [model.initial_memory(batch_size) for _ in eval_modes]
@@ -72,30 +75,32 @@ def evaluate_modes(model, dataset, words, batch_size, jit_compile="auto", max_ba
         nll_sums, count, memories = step(inputs, targets, memories)
         total_nll = [total + nll for total, nll in zip(total_nll, nll_sums)]
         total_tokens += count
-    return {mode: perplexities(float(nll), float(total_tokens), words, max_batches)
+    return {mode: perplexities(float(nll), float(total_tokens), counts, max_batches)
             for mode, nll in zip(eval_modes, total_nll)}
 
 
-def perplexities(total_nll, total_tokens, words, max_batches):
-    """Loss and perplexity per token, and per word unless only max_batches of the split were scored."""
-    return dict(
-        loss=total_nll / total_tokens,
-        perplexity=math.exp(total_nll / total_tokens),
-        word_perplexity=math.exp(total_nll / words) if not max_batches else float("nan"),
-        tokens=total_tokens,
-    )
+def perplexities(total_nll, total_tokens, counts, max_batches):
+    """Loss and perplexity per token; word perplexity if `counts` has the split's "words", bits per
+    character if its "characters", both NaN when only max_batches of the split were scored."""
+    scores = dict(loss=total_nll / total_tokens, perplexity=math.exp(total_nll / total_tokens))
+    if "words" in counts:
+        scores["word_perplexity"] = math.exp(total_nll / counts["words"]) if not max_batches else float("nan")
+    if "characters" in counts:
+        scores["bits_per_character"] = (total_nll / (math.log(2) * counts["characters"]) if not max_batches
+                                        else float("nan"))
+    return dict(scores, tokens=total_tokens)
 
 
-def evaluate(model, dataset, words, batch_size, jit_compile="auto", max_batches=0, eval_mode="mix"):
-    """Token and word perplexity over a split in one eval_mode (see evaluate_modes)."""
-    return evaluate_modes(model, dataset, words, batch_size, jit_compile, max_batches, (eval_mode,))[eval_mode]
+def evaluate(model, dataset, counts, batch_size, jit_compile="auto", max_batches=0, eval_mode="mix"):
+    """Perplexities over a split in one eval_mode (see evaluate_modes)."""
+    return evaluate_modes(model, dataset, counts, batch_size, jit_compile, max_batches, (eval_mode,))[eval_mode]
 
 
-def evaluate_both_ways(model, dataset, words, batch_size, jit_compile, max_batches):
+def evaluate_both_ways(model, dataset, counts, batch_size, jit_compile, max_batches):
     """A SuperNet is scored mixing with pi and with its argmax architecture, in one pass; their gap
     shows how settled it is. Keys of the argmax scores start with "argmax_"."""
     modes = ("mix", "argmax") if model.arch_variables else ("mix",)
-    results = evaluate_modes(model, dataset, words, batch_size, jit_compile, max_batches, modes)
+    results = evaluate_modes(model, dataset, counts, batch_size, jit_compile, max_batches, modes)
     prefixes = {"mix": "", "argmax": "argmax_"}
     return {prefixes[mode] + key: value for mode, result in results.items() for key, value in result.items()}
 
@@ -118,7 +123,7 @@ def main(argv):
         data_dir = FLAGS.data_dir or record["data_dir"]
         data_utils.check_data_matches_model(data_dir, record)
     metadata = data_utils.load_metadata(data_dir)
-    results = evaluate(model, data_utils.make_dataset(data_dir, FLAGS.split), metadata["splits"][FLAGS.split]["words"],
+    results = evaluate(model, data_utils.make_dataset(data_dir, FLAGS.split), metadata["splits"][FLAGS.split],
                        metadata["batch_size"], FLAGS.jit_compile, eval_mode=FLAGS.eval_mode)
     print(json.dumps(dict(split=FLAGS.split, mem_len=model.config.mem_len, eval_mode=FLAGS.eval_mode, **results)))
 

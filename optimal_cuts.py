@@ -29,8 +29,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-import data_utils
-from config import ModelConfig
+from config import DEFAULT_DATA_DIR, UNIGRAM_FILE, ModelConfig
 from costs import head_multiply_adds, softmax_multiply_adds, tail_multiply_adds, tail_projection_dims, tail_shares
 
 
@@ -86,7 +85,7 @@ def read_unigram(path):
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("unigram_file", str(pathlib.Path(data_utils.DEFAULT_DATA_DIR) / data_utils.UNIGRAM_FILE),
+flags.DEFINE_string("unigram_file", str(pathlib.Path(DEFAULT_DATA_DIR) / UNIGRAM_FILE),
                     "Unigram probabilities in id order.")
 flags.DEFINE_integer("num_clusters", 3, "Clusters including the head; 3 = head + 2 tails = 2 cutoffs.")
 flags.DEFINE_integer("d_model", ModelConfig.d_model, "Width of the hidden state fed to the softmax.", lower_bound=1)

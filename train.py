@@ -34,8 +34,7 @@ import plot_arch
 import reliability
 import runs
 from adaptive_softmax import tail_capacities
-from config import CANDIDATE_NAMES, CANDIDATES, ModelConfig, RunOptions, TrainConfig, configs_from_flags
-from config import define_flags as define_setting_flags
+from config import CANDIDATE_NAMES, CANDIDATES, ModelConfig, RunOptions, TrainConfig, configs_from_flags, define_flags
 from costs import candidate_flops_per_token, flops_per_token, tail_shares
 from evaluate import evaluate_both_ways
 from gumbel import ExponentialTauSchedule
@@ -620,7 +619,7 @@ class Training:
     def score(self, split):
         """evaluate_both_ways over a split: the pi mixture and, for a SuperNet, its argmax architecture."""
         return evaluate_both_ways(self.model, data_utils.make_dataset(self.data_dir, split),
-                                  self.metadata["splits"][split]["words"], self.batch_size, self.config.jit_compile,
+                                  self.metadata["splits"][split], self.batch_size, self.config.jit_compile,
                                   self.options.eval_batches)
 
     def validate(self):
@@ -695,11 +694,6 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
 
 # ---------------------------------------------------------------------------------------------
 # Command line.
-
-
-def define_flags(flag_values=None):
-    """The flags of train.py (and bench.py), made from the dataclasses in config.py."""
-    return define_setting_flags(data_utils.DEFAULT_DATA_DIR, flag_values)
 
 
 def main(argv):

@@ -7,7 +7,7 @@ from conftest import REPO_ROOT
 
 # Stand-ins beside a copy of the script, so that it runs in milliseconds: each prints its arguments.
 STUB = 'import sys; print("{name}", *sys.argv[1:])\n'
-DEFAULT_DATA_DIR = "stub_data/records"  # Not the real default: the script must read it from data_utils.
+DEFAULT_DATA_DIR = "stub_data/records"  # Not the real default: the script must read it from config.
 
 
 def run_script(folder, *args):
@@ -20,7 +20,7 @@ def stub_repo(tmp_path):
     (tmp_path / "create_tfrecords.sh").write_text('#!/usr/bin/env bash\necho build "$@"\n')
     (tmp_path / "create_tfrecords.sh").chmod(0o755)
     (tmp_path / "train.py").write_text(STUB.format(name="train"))
-    (tmp_path / "data_utils.py").write_text(f"DEFAULT_DATA_DIR = {DEFAULT_DATA_DIR!r}\n")
+    (tmp_path / "config.py").write_text(f"DEFAULT_DATA_DIR = {DEFAULT_DATA_DIR!r}\n")
     return tmp_path
 
 

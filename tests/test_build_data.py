@@ -1,8 +1,12 @@
-"""build_data.py: bad input, download from a local server, custom corpora, and the real WikiText-2 build."""
+"""build_data.py: bad input, download from a local server, custom corpora, character corpora, and the real
+WikiText-2 build."""
+import dataclasses
+import hashlib
 import http.server
 import inspect
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -15,7 +19,9 @@ import pytest
 
 import build_data
 import data_utils
-from conftest import REPO_ROOT, SHARED_WIKITEXT2, write_corpus
+import train
+from conftest import REPO_ROOT, SHARED_WIKITEXT2, TINY_MODEL, write_corpus
+from model import ModelConfig
 
 def run_build(*args):
     return subprocess.run([sys.executable, str(REPO_ROOT / "build_data.py"), *args], capture_output=True, text=True,
@@ -36,7 +42,7 @@ SMALL = ["--vocab_size=40", "--batch_size=4", "--seq_len=8"]
 SMALL_SETTINGS = dict(vocab_size=40, batch_size=4, seq_len=8)
 
 # The default dataset, written out here rather than read from data_utils (the README: 12k vocabulary, 32 x 32).
-README_DEFAULTS = dict(vocab_size=12000, lowercase=True, model_type="unigram", batch_size=32, seq_len=32, shards=1)
+README_DEFAULTS = dict(lowercase=True, model_type="unigram", batch_size=32, seq_len=32, shards=1)
 
 
 def test_flags_and_build_dataset_default_to_the_documented_dataset():
@@ -45,6 +51,11 @@ def test_flags_and_build_dataset_default_to_the_documented_dataset():
         assert build_data.FLAGS[name].default == value, name
         assert keywords[name].default == value, name
     assert build_data.FLAGS["output_dir"].default == "data/tfrecords"
+    assert build_data.FLAGS["dataset"].default == "wikitext-2"
+    # The vocabulary is the dataset's (README, Data): 12k pieces for WikiText-2 and your own text, 32k for WikiText-103.
+    assert build_data.FLAGS["vocab_size"].default is None and keywords["vocab_size"].default is None
+    assert data_utils.DEFAULT_VOCAB_SIZE == data_utils.find_corpus("wikitext-2").vocab_size == 12000
+    assert data_utils.find_corpus("wikitext-103").vocab_size == 32000
 
 
 @pytest.mark.slow
@@ -101,9 +112,11 @@ def test_custom_corpus_with_invalid_bytes_builds_and_warns(tmp_path, caplog):
     assert len(unigram) == 40 and abs(unigram.sum() - 1) < 1e-6
 
 
-def test_single_file_corpus_is_cut_into_contiguous_splits():
+def test_single_file_corpus_is_cut_into_contiguous_splits(tmp_path):
     lines = [f"line {i}" for i in range(100)]
-    splits = data_utils.cut_splits(lines, "one.txt")
+    (tmp_path / "one.txt").write_text("\n".join(lines))  # No final line end: the last line still counts.
+    spans = data_utils.cut_splits(tmp_path / "one.txt")
+    splits = {split: list(data_utils.read_lines(span)) for split, span in spans.items()}
     assert splits["train"] + splits["valid"] + splits["test"] == lines
     assert (len(splits["valid"]), len(splits["test"])) == (5, 5)
 
@@ -116,10 +129,9 @@ def single_file_corpus(tmp_path, extra=b""):
 
 def test_single_file_corpus_with_invalid_bytes_warns(tmp_path, caplog):
     path = single_file_corpus(tmp_path, b" broken \xff bytes \n")
-    lines, sha256s = build_data.read_splits(data_utils.find_split_files(path))
+    scans = build_data.scan_splits(data_utils.find_split_files(path))
     assert "one.txt: replaced 1 invalid UTF-8" in caplog.text
-    assert sum(len(split_lines) for split_lines in lines.values()) == 301
-    assert sha256s == dict.fromkeys(data_utils.SPLITS, data_utils.sha256_of(path))
+    assert sum(scan["lines"] for scan in scans.values()) == 301
 
 
 def test_edited_single_file_corpus_is_not_up_to_date(tmp_path):
@@ -131,7 +143,7 @@ def test_edited_single_file_corpus_is_not_up_to_date(tmp_path):
     with pytest.raises(data_utils.DataError, match="built with other settings"):
         build_data.build_dataset(output, data_utils.find_split_files(path), **SMALL_SETTINGS)
     rebuilt = build_data.build_dataset(output, data_utils.find_split_files(path), **SMALL_SETTINGS, overwrite=True)
-    assert rebuilt["settings"]["source_sha256"]["train"] == data_utils.sha256_of(path)
+    assert rebuilt["settings"]["source_sha256"] == dict.fromkeys(data_utils.SPLITS, data_utils.file_digest(path))
 
 
 @pytest.mark.parametrize("text,split", [(" a b c \n d e \n f g \n", "train"), (" a b c \n \n f g \n", "valid")])
@@ -236,12 +248,12 @@ COUNTS = {"train": (2, 5), "valid": (1, 3), "test": (2, 3)}
 def test_download_sends_browser_user_agent_and_extracts(server, tmp_path):
     server["files"]["/wt2.zip"] = zipped_corpus("wt2", TEXTS)
     corpus = data_utils.Corpus(url=server["url"] + "/wt2.zip", folder="wt2", files=FILES, expected_counts=COUNTS)
-    folder = data_utils.locate_corpus(corpus, tmp_path, log=lambda message: None)
+    folder = data_utils.locate_corpus(corpus, tmp_path)
     assert (folder / "wiki.test.tokens").read_text() == TEXTS["wiki.test.tokens"]
     assert server["user_agents"] == [data_utils.BROWSER_USER_AGENT]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wt2"]  # The zip is gone once extracted.
     # A second call finds the extracted copy and downloads nothing.
-    assert data_utils.locate_corpus(corpus, tmp_path, log=lambda message: None) == folder
+    assert data_utils.locate_corpus(corpus, tmp_path) == folder
     assert len(server["user_agents"]) == 1
 
 
@@ -254,16 +266,128 @@ def test_corrupted_download_is_rejected_and_deleted(server, tmp_path, archive):
     server["files"]["/wt2.zip"] = archive
     corpus = data_utils.Corpus(url=server["url"] + "/wt2.zip", folder="wt2", files=FILES, expected_counts=COUNTS)
     with pytest.raises(data_utils.DataError, match="Rejected download"):
-        data_utils.locate_corpus(corpus, tmp_path, log=lambda message: None)
+        data_utils.locate_corpus(corpus, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unreachable_mirror_retries_then_says_how_to_supply_a_copy(server, tmp_path, monkeypatch):
+def test_unreachable_mirror_retries_then_says_in_one_line_how_to_supply_a_copy(server, tmp_path, monkeypatch):
     monkeypatch.setattr(data_utils.time, "sleep", lambda seconds: None)
-    with pytest.raises(data_utils.DataError, match="after 3 attempts.*--wikitext_dir.*WIKITEXT2_DIR"):
-        data_utils.download(server["url"] + "/missing.zip", tmp_path / "x.zip")
+    url = server["url"] + "/missing.zip"
+    with pytest.raises(data_utils.DataError, match=f"{re.escape(url)} after 3 attempts.*{tmp_path}/.*--corpus_dir") as error:
+        data_utils.download(url, tmp_path / "x.zip")
+    assert "\n" not in str(error.value)
     assert len(server["user_agents"]) == 3
     assert list(tmp_path.iterdir()) == []
+
+
+# Each published corpus as a small zip of its real layout (the real Corpus with its URL, sizes, counts and
+# digest replaced), served like the real mirror.
+CHARACTER_SPLIT_BYTES = {"train": 900, "valid": 50, "test": 50}
+
+
+def small_archive(dataset):
+    """(the dataset's Corpus scaled down, its zip's bytes); the digest keeps the published one's algorithm."""
+    corpus = data_utils.find_corpus(dataset)
+    rng = np.random.default_rng(0)
+    if corpus.alphabet is None:
+        texts = {name: " \n = Title = \n a b c \n" * (3 + i) for i, name in enumerate(corpus.files.values())}
+        counts = {split: (3 * (3 + i), 9 * (3 + i)) for i, split in enumerate(data_utils.SPLITS)}
+        corpus = dataclasses.replace(corpus, expected_counts=counts)
+    else:
+        symbols = np.frombuffer(corpus.alphabet, np.uint8)
+        texts = {corpus.files["train"]: rng.choice(symbols, sum(CHARACTER_SPLIT_BYTES.values())).tobytes()}
+        corpus = dataclasses.replace(corpus, split_bytes=CHARACTER_SPLIT_BYTES)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in texts.items():
+            archive.writestr(f"{corpus.folder}/{name}" if corpus.zip_folder is None else name, text)
+    archive = buffer.getvalue()
+    algorithm = corpus.archive_digest[0]
+    return dataclasses.replace(corpus, archive_bytes=len(archive),
+                               archive_digest=(algorithm, hashlib.new(algorithm, archive).hexdigest())), archive
+
+
+@pytest.mark.parametrize("dataset", ["wikitext-103", "enwik8", "text8"])
+def test_each_corpus_downloads_checks_its_archive_and_cuts_its_splits(server, tmp_path, dataset):
+    corpus, archive = small_archive(dataset)
+    server["files"]["/corpus.zip"] = archive
+    corpus = dataclasses.replace(corpus, url=server["url"] + "/corpus.zip")
+    spans = data_utils.corpus_spans(corpus, data_utils.locate_corpus(corpus, tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [corpus.folder]  # The zip is gone once extracted.
+    if corpus.alphabet is None:
+        assert [data_utils.scan_lines(spans[split])["lines"] for split in data_utils.SPLITS] == [9, 12, 15]
+    else:  # The first 900 bytes are train, the next 50 valid, the last 50 test.
+        assert [(span.start, span.stop) for span in spans.values()] == [(0, 900), (900, 950), (950, 1000)]
+
+
+@pytest.mark.parametrize("dataset", ["wikitext-103", "enwik8", "text8"])
+def test_an_archive_unlike_the_published_one_is_rejected_and_deleted(server, tmp_path, dataset):
+    corpus, archive = small_archive(dataset)
+    corpus = dataclasses.replace(corpus, url=server["url"] + "/corpus.zip")
+    server["files"]["/corpus.zip"] = archive[:-1] + bytes([archive[-1] ^ 1])  # Same size, one bit flipped.
+    with pytest.raises(data_utils.DataError, match=f"Rejected download .*{corpus.archive_digest[0]} .*expected the published"):
+        data_utils.locate_corpus(corpus, tmp_path)
+    server["files"]["/corpus.zip"] = archive + b"\0"
+    with pytest.raises(data_utils.DataError, match=f"Rejected download .*{len(archive) + 1:,} bytes, expected the published"):
+        data_utils.locate_corpus(corpus, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_character_corpus_of_the_wrong_size_or_alphabet_fails_naming_the_file(tmp_path):
+    corpus = dataclasses.replace(data_utils.TEXT8, split_bytes=CHARACTER_SPLIT_BYTES)
+    (tmp_path / "text8").write_bytes(b"ab c" * 250 + b"d")
+    with pytest.raises(data_utils.DataError, match=f"{tmp_path / 'text8'}: 1,001 bytes, expected 1,000"):
+        data_utils.corpus_spans(corpus, tmp_path)
+    (tmp_path / "text8").write_bytes(b"ab c" * 225 + b"ab C" * 10 + b"ab c" * 15)  # Upper case in the valid split.
+    spans = data_utils.corpus_spans(corpus, tmp_path)
+    with pytest.raises(data_utils.DataError, match=f"{tmp_path / 'text8'}: the valid split holds 10 bytes outside .*0x43"):
+        build_data.scan_splits(spans, alphabet=corpus.alphabet)
+    with pytest.raises(data_utils.DataError, match="no such file"):
+        data_utils.corpus_spans(data_utils.ENWIK8, tmp_path)
+
+
+def test_a_local_zip_is_used_without_downloading(server, tmp_path):
+    corpus, archive = small_archive("enwik8")
+    (tmp_path / "enwik8.zip").write_bytes(archive)
+    corpus = dataclasses.replace(corpus, url=server["url"] + "/enwik8.zip")  # Serves nothing.
+    assert data_utils.locate_corpus(corpus, tmp_path) == tmp_path / "enwik8"
+    assert server["user_agents"] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Character corpora.
+
+
+def test_character_corpus_builds_one_token_per_byte_ranked_by_frequency(tmp_path):
+    corpus = dataclasses.replace(data_utils.ENWIK8, split_bytes=dict(train=6000, valid=400, test=400))
+    rng = np.random.default_rng(0)
+    text = rng.choice(np.frombuffer(b"aaaaaabbbc\n\xff", np.uint8), 6800).tobytes()
+    (tmp_path / "enwik8").write_bytes(text)
+    spans = data_utils.corpus_spans(corpus, tmp_path)
+    metadata = build_data.build_dataset(tmp_path / "records", spans, alphabet=corpus.alphabet, batch_size=4,
+                                        seq_len=8, source_name="enwik8")
+    assert metadata["vocab_size"] == 257  # Padding, end-of-line and the other 255 bytes.
+    id_of_byte = np.array(metadata["tokenizer"]["id_of_byte"])
+    assert id_of_byte[ord("\n")] == data_utils.EOL_ID
+    assert (id_of_byte[ord("a")], id_of_byte[ord("b")]) == (2, 3)  # The frequent first.
+    rarer = sorted([ord("c"), 0xff], key=lambda byte: -text[:6000].count(bytes([byte])))
+    assert [id_of_byte[byte] for byte in rarer] == [4, 5]
+    assert (id_of_byte[0], id_of_byte[ord("\t")]) == (6, 15)  # Bytes absent from train follow, in byte order (no \n).
+    for split, span in spans.items():
+        counts = metadata["splits"][split]
+        assert counts["characters"] == counts["tokens"] == span.stop - span.start
+        assert counts["lines"] == text[span.start : span.stop].count(b"\n")
+    # The valid split read back is its bytes, every one of them (padded batching), row after row.
+    byte_of_id = np.zeros(257, np.uint8)
+    byte_of_id[id_of_byte] = np.arange(256)
+    files = [tmp_path / "records" / name for name in metadata["splits"]["valid"]["files"]]
+    windows = np.stack(list(data_utils.read_windows(files, 4, 8).as_numpy_iterator()))  # [n, B, L + 1]
+    rows = np.concatenate([windows[0, :, :1], windows[:, :, 1:].transpose(1, 0, 2).reshape(4, -1)], axis=1)
+    assert bytes(byte_of_id[rows[rows != data_utils.PAD_ID]]) == text[6000:6400]
+    unigram = np.loadtxt(tmp_path / "records" / "unigram.txt")
+    assert np.all(np.diff(unigram[2:]) <= 0) and unigram[0] == 0
+    with pytest.raises(data_utils.DataError, match="--vocab_size 100: enwik8 is a character corpus"):
+        build_data.build_dataset(tmp_path / "other", spans, alphabet=corpus.alphabet, vocab_size=100, source_name="enwik8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,6 +398,15 @@ WIKITEXT2_SHA256 = {
     "train": "9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f",
     "valid": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
     "test": "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
+}
+
+
+# The default build's files at commit c932e0b, before the build streamed: it must still write them bit for bit.
+WIKITEXT2_RECORDS_SHA256 = {
+    "train-00000-of-00001.tfrecord": "c77891b48785e9034258711ba3a86d0aa626113b3e625bc225827c5d0592de49",
+    "valid-00000-of-00001.tfrecord": "8242eae279ac9c53c47c90b37c5cec354b7248dd7859cf0dc8adb336e28385bb",
+    "test-00000-of-00001.tfrecord": "e031030360c3d44286d0efcb727dab04b1136ec48693595f820841b9d79fcdf3",
+    "unigram.txt": "c3fd2cecece73e2c627bcf2bb436c08131f703d09735706e2f59e88772a20b59",
 }
 
 
@@ -296,3 +429,27 @@ def test_default_wikitext2_build_matches_published_counts(tmp_path):
     assert metadata["vocab_size"] == 12000 and len(metadata["tokenizer"]["id_rank"]) == 12000
     unigram = np.loadtxt(output / "unigram.txt")
     assert np.all(np.diff(unigram[2:]) <= 0) and abs(unigram.sum() - 1) < 1e-6
+    assert {name: data_utils.file_digest(output / name) for name in WIKITEXT2_RECORDS_SHA256} == WIKITEXT2_RECORDS_SHA256
+
+
+@pytest.mark.slow
+def test_a_character_dataset_trains_end_to_end_and_reports_bits_per_character(tmp_path):
+    corpus = dataclasses.replace(data_utils.TEXT8, split_bytes=dict(train=1200, valid=200, test=200))
+    words = [b"the", b"of", b"and", b"a", b"cat", b"sat"]
+    rng = np.random.default_rng(0)
+    (tmp_path / "text8").write_bytes(b" ".join(rng.choice(words, 600))[:1600])
+    data_dir = tmp_path / "records"
+    metadata = build_data.build_dataset(data_dir, data_utils.corpus_spans(corpus, tmp_path), alphabet=corpus.alphabet,
+                                        batch_size=4, seq_len=8, source_name="text8")
+    assert metadata["vocab_size"] == 29  # Padding, end-of-line and the 27 symbols.
+    model_config = ModelConfig(vocab_size=29, cutoffs=(), **TINY_MODEL)
+    results = train.train_and_evaluate(model_config, train.TrainConfig(epochs=1, warmup_steps=5), data_dir,
+                                       tmp_path / "run", train.RunOptions(log_every=10))
+    for split in ("valid", "test"):
+        counts = metadata["splits"][split]
+        expected = results[f"{split}_loss"] * results[f"{split}_tokens"] / (math.log(2) * counts["characters"])
+        assert results[f"{split}_bits_per_character"] == pytest.approx(expected, rel=1e-9)
+        assert f"{split}_word_perplexity" not in results
+    assert 0 < results["valid_bits_per_character"] < math.log2(29)  # It learned something of the 6 words.
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["test_bits_per_character"] == pytest.approx(
+        results["test_bits_per_character"])

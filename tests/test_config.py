@@ -45,7 +45,7 @@ def test_help_explains_every_flag_in_words():
 def test_flags_are_generated_from_the_dataclasses_with_their_defaults():
     from absl import flags
 
-    flag_values = define_flags("data/tfrecords", flags.FlagValues())
+    flag_values = define_flags(flags.FlagValues())
     flag_values(["train.py"])
     model, config, options = configs_from_flags(flag_values, vocab_size=12000)
     assert (model, config, options) == (ModelConfig(vocab_size=12000), TrainConfig(), RunOptions())

@@ -59,15 +59,35 @@ def test_too_short_stream_is_an_error_naming_the_numbers():
     assert len(data_utils.context_batch(np.arange(36), 4, 8)) == 1
 
 
+def test_windows_read_in_ranges_from_a_token_file_equal_the_whole_array(tmp_path):
+    stream = np.random.default_rng(0).integers(1, 100, 1003).astype(np.int32)
+    token_file = data_utils.TokenFile(tmp_path / "stream.int32")
+    for piece in np.array_split(stream, 7):
+        token_file.append(piece)
+    assert len(token_file) == len(stream)
+    np.testing.assert_array_equal(token_file[10:20], stream[10:20])
+    for pad_id in (None, 0):
+        whole = data_utils.context_batch(stream, 4, 9, pad_id)
+        pieces = [data_utils.context_batch(token_file, 4, 9, pad_id, range(start, min(start + 5, len(whole))))
+                  for start in range(0, len(whole), 5)]
+        np.testing.assert_array_equal(np.concatenate(pieces), whole)
+    rank = np.arange(100)[::-1].astype(np.int32)  # id x -> 99 - x
+    token_file.rerank(rank, chunk=64)
+    np.testing.assert_array_equal(token_file[:], 99 - stream)
+
+
 @pytest.mark.parametrize("num_shards", [2, 3, 7])
 def test_sharded_round_trip_equals_unsharded(tmp_path, num_shards):
-    windows = data_utils.context_batch(np.random.default_rng(0).integers(0, 100, 4000), 4, 9)
+    stream = np.random.default_rng(0).integers(1, 100, 4000)
+    windows = data_utils.context_batch(stream, 4, 9, pad_id=0)
 
     def round_trip(shards, folder):
         folder.mkdir()
-        files = data_utils.write_tfrecords(windows, folder, "train", shards)
-        assert len(files) == shards
-        return np.stack(list(data_utils.read_windows([folder / f for f in files], 4, 9).as_numpy_iterator()))
+        written = data_utils.write_tfrecords(stream, folder, "valid", 4, 9, pad_id=0, num_shards=shards,
+                                             tokens_per_write=100)  # A few windows at a time.
+        assert len(written["files"]) == shards and written["batches"] == len(windows)
+        assert written["predicted_tokens"] == len(stream) - 4  # All but each row's first.
+        return np.stack(list(data_utils.read_windows([folder / f for f in written["files"]], 4, 9).as_numpy_iterator()))
 
     sharded = round_trip(num_shards, tmp_path / "sharded")
     np.testing.assert_array_equal(sharded, round_trip(1, tmp_path / "single"))
@@ -105,12 +125,31 @@ def test_frequency_ranking_puts_reserved_first_then_descending_counts():
     assert rank[3] < rank[4]  # Ties keep SentencePiece's order.
 
 
-def test_read_lines_replaces_and_counts_invalid_utf8(tmp_path):
+def test_read_line_chunks_replaces_and_counts_invalid_utf8(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"ok line\nbad \xff\xfe byte\n\xc3\n")
-    lines, replaced = data_utils.read_lines(path)
-    assert lines == ["ok line", "bad \ufffd\ufffd byte", "\ufffd"]
-    assert replaced == 3
+    chunks = list(data_utils.read_line_chunks(data_utils.Span(path), lines_per_chunk=2))
+    assert chunks == [(["ok line", "bad \ufffd\ufffd byte"], 2), (["\ufffd"], 1)]
+    # A span from the second line's start to the third's reads the second line only.
+    assert list(data_utils.read_lines(data_utils.Span(path, 8, 20))) == ["bad \ufffd\ufffd byte"]
+
+
+def test_evenly_spaced_takes_count_items_spread_through_all_of_them():
+    assert list(data_utils.evenly_spaced(range(10), 10, 5)) == [1, 3, 5, 7, 9]
+    assert list(data_utils.evenly_spaced(range(10), 10, 3)) == [3, 6, 9]
+    assert list(data_utils.evenly_spaced(range(10), 10, 40)) == list(range(10))
+
+
+def test_character_ranking_gives_line_breaks_the_end_of_line_id_and_ranks_the_rest():
+    counts = np.zeros(256, np.int64)
+    counts[[ord("a"), ord("b"), ord(" "), ord("\n")]] = [5, 9, 9, 1]
+    id_of_byte = data_utils.character_ranking(b" abc\n", counts)
+    # Reserved 0 and 1 (\n), then " " and b (9 each: byte order), a (5), c (absent from train); others -1.
+    assert [id_of_byte[ord(c)] for c in "\n ba" + "c"] == [1, 2, 3, 4, 5]
+    assert np.sum(id_of_byte >= 0) == 5 and id_of_byte[ord("z")] == -1
+    # An alphabet without a line break keeps id 1 for end-of-line, unused: text8's 27 symbols take ids 2..28.
+    text8 = data_utils.character_ranking(data_utils.TEXT8.alphabet, counts)
+    assert sorted(text8[text8 >= 0]) == list(range(2, 29)) and text8[ord("\n")] == -1
 
 
 def test_count_words_counts_one_end_of_line_per_line():
@@ -133,7 +172,7 @@ def tokenizer_and_rank(tmp_path_factory):
     model = tmp_path_factory.mktemp("spm") / "spm.model"
     data_utils.train_sentencepiece(lines, model, vocab_size=60, lowercase=True)
     proto = model.read_bytes()
-    pieces = data_utils.encode_lines(data_utils.Tokenizer(proto, np.arange(60)).encode, lines)
+    pieces = data_utils.Tokenizer(proto, np.arange(60)).encode(tf.constant(lines)).flat_values.numpy()
     counts = np.bincount(pieces, minlength=60)
     rank = data_utils.frequency_ranking(counts)
     return data_utils.Tokenizer(proto, rank), lines, counts
@@ -157,7 +196,7 @@ def test_wikitext_unk_is_one_piece_and_lines_end_with_end_of_line(tokenizer_and_
 
 def test_ranked_ids_have_non_increasing_training_frequency(tokenizer_and_rank):
     tokenizer, lines, _ = tokenizer_and_rank
-    ids = data_utils.encode_lines(tokenizer.encode, lines)
+    ids = tokenizer.encode(tf.constant(lines)).flat_values.numpy()
     counts = np.bincount(ids, minlength=tokenizer.vocab_size)
     assert counts[data_utils.PAD_ID] == 0
     assert np.all(np.diff(counts[2:]) <= 0)

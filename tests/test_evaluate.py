@@ -1,6 +1,7 @@
 """evaluate.py: data tokenized unlike the model's and a damaged export each fail with one line; the cached
 evaluation step does not outlive its model; both validations in one pass score as each alone."""
 import gc
+import math
 import shutil
 import weakref
 
@@ -60,9 +61,9 @@ def test_both_validations_in_one_pass_equal_each_mode_scored_alone():
         block.arch_logits.assign(logits)  # The argmax architecture "DAI" differs from the pi mixture.
     tokens = np.random.default_rng(0).integers(1, 40, (4, 2, 9))
     dataset = tf.data.Dataset.from_tensor_slices((tokens[:, :, :-1], tokens[:, :, 1:]))  # 4 batches of [2, 8].
-    both = evaluate.evaluate_both_ways(model, dataset, words=50, batch_size=2, jit_compile="off", max_batches=0)
+    both = evaluate.evaluate_both_ways(model, dataset, dict(words=50), batch_size=2, jit_compile="off", max_batches=0)
     for mode, prefix in (("mix", ""), ("argmax", "argmax_")):
-        alone = evaluate.evaluate(model, dataset, 50, 2, "off", eval_mode=mode)
+        alone = evaluate.evaluate(model, dataset, dict(words=50), 2, "off", eval_mode=mode)
         for key, value in alone.items():
             assert both[prefix + key] == pytest.approx(value, rel=1e-9)
     assert both["argmax_loss"] != both["loss"]  # Two different models were scored, not one twice.
@@ -72,3 +73,21 @@ def test_a_truncated_export_fails_with_one_line(trained_run, tmp_path):
     export = shutil.copytree(trained_run.export_dir, tmp_path / "export")
     (export / "model.weights.h5").write_bytes((export / "model.weights.h5").read_bytes()[:100])
     assert str(export) in error_line(run_script("evaluate.py", export), "evaluate.py")
+
+
+def test_bits_per_character_of_a_uniform_model_is_log2_of_the_vocabulary_per_token():
+    model = TransformerXL(ModelConfig(vocab_size=8, cutoffs=(), **TINY_MODEL))
+    model.build((2, 8))
+    for weight in model.output_layer.weights:
+        weight.assign(tf.zeros_like(weight))  # Zero logits: every token has probability 1/8, NLL ln 8.
+    tokens = np.random.default_rng(0).integers(1, 8, (4, 2, 9))
+    dataset = tf.data.Dataset.from_tensor_slices((tokens[:, :, :-1], tokens[:, :, 1:]))  # 64 scored tokens.
+    # A character corpus (one token a character): 64 x 3 bits / 64 characters.
+    scores = evaluate.evaluate(model, dataset, dict(characters=64), 2, "off")
+    assert scores["bits_per_character"] == pytest.approx(3.0, rel=1e-6)
+    assert scores["perplexity"] == pytest.approx(8.0, rel=1e-6) and "word_perplexity" not in scores
+    # Two characters a token: 64 x 3 bits / 128 characters; words and characters together give both units.
+    scores = evaluate.evaluate(model, dataset, dict(characters=128, words=16), 2, "off")
+    assert scores["bits_per_character"] == pytest.approx(1.5, rel=1e-6)
+    assert scores["word_perplexity"] == pytest.approx(8.0 ** 4, rel=1e-6)  # exp(64 ln 8 / 16).
+    assert math.isnan(evaluate.evaluate(model, dataset, dict(characters=64), 2, "off", max_batches=2)["bits_per_character"])
