@@ -26,6 +26,7 @@ from absl import app, flags, logging
 
 import data_utils
 import reliability
+from config import define_verbose_flag
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", data_utils.DEFAULT_DATASET, list(data_utils.DATASETS),
@@ -55,6 +56,7 @@ flags.DEFINE_integer("seq_len", data_utils.DEFAULT_SEQ_LEN, "Tokens per segment.
 flags.DEFINE_integer("shards", data_utils.DEFAULT_SHARDS,
                      "TFRecord files per split; each holds a contiguous range of batches.", lower_bound=1)
 flags.DEFINE_boolean("overwrite", False, "Replace an output directory that was built with other settings.")
+define_verbose_flag()  # quiet_tensorflow.py reads it; build_data's own INFO lines are its progress, always shown.
 
 
 def scan_splits(spans, expected_counts=None, alphabet=None):

@@ -186,7 +186,7 @@ class RunOptions:
     eval_batches: int = 0  # Limit validation/test to this many batches (quick runs); 0 = whole split.
     strategy: str = "default"  # tf.distribute: default | mirrored | multi_worker | tpu (see README).
     intra_op_threads: int = 1  # Threads per op; 1 lets the cores run independent ops (a block's candidates) at once; 0 = TensorFlow's choice.
-    verbose: bool = False  # Show TensorFlow's INFO messages, such as each checkpoint save, on the console.
+    verbose: bool = False  # Keep TensorFlow's start-up and INFO lines (such as each checkpoint save's) on the console.
 
     def __post_init__(self):
         check_choice("strategy", self.strategy)
@@ -256,6 +256,18 @@ def define_flags(flag_values=None):
     define_dataclass_flags(ModelConfig, flag_values, skip=("vocab_size",))
     define_dataclass_flags(TrainConfig, flag_values)
     define_dataclass_flags(RunOptions, flag_values)
+    return flag_values
+
+
+def define_verbose_flag(flag_values=None):
+    """--verbose, as RunOptions.verbose gives it to train.py, for the scripts without RunOptions' flags; defined once
+    per FlagValues, since scripts imported together (as in the tests) share absl's FLAGS."""
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    if "verbose" not in flag_values:
+        flags.DEFINE_boolean("verbose", RunOptions.verbose, field_comments(RunOptions)["verbose"],
+                             flag_values=flag_values, module_name=SCRIPT)
     return flag_values
 
 

@@ -12,7 +12,7 @@ corpus (WikiText), word perplexity exp(NLL / the split's words); on a character 
 text8), bits per character NLL / (ln 2 x the split's characters). The memory is carried through
 the split from empty, as in training.
 """
-import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
+import quiet_tensorflow  # (first: keeps TensorFlow's start-up lines off the console)
 
 import json
 import math
@@ -23,7 +23,7 @@ from absl import app, flags
 
 import checkpoints
 import data_utils
-from config import CHOICES
+from config import CHOICES, define_verbose_flag
 from devices import use_xla
 
 
@@ -112,12 +112,13 @@ def define_flags():
     flags.DEFINE_enum("eval_mode", "mix", CHOICES["eval_mode"], "SuperNet only: mix candidates with pi, or take each argmax.")
     flags.DEFINE_enum("jit_compile", "auto", CHOICES["jit_compile"], "Compile the evaluation step with XLA "
                       "(auto: on a GPU or TPU).")
-    return flags.FLAGS
+    return define_verbose_flag()
 
 
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("Usage: python evaluate.py CHECKPOINT [--split=valid|test] [--mem_len=M]")
+    quiet_tensorflow.hide_info_logs(FLAGS.verbose)
     with checkpoints.load_errors_in_one_line("evaluate.py", argv[1]):
         model, record = checkpoints.load_model(argv[1], mem_len=FLAGS.mem_len)
         data_dir = FLAGS.data_dir or record["data_dir"]

@@ -5,7 +5,7 @@
 The prompt is read in one segment, then each new token is fed back alone with the memory of the
 previous ones, as Transformer-XL evaluates: context reaches back mem_len positions per block.
 """
-import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
+import quiet_tensorflow  # (first: keeps TensorFlow's start-up lines off the console)
 
 import pathlib
 
@@ -15,6 +15,7 @@ from absl import app, flags
 
 import checkpoints
 import data_utils
+from config import define_verbose_flag
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("prompt", "", "Text to continue (lowercased if the tokenizer lowercases).")
@@ -25,6 +26,7 @@ flags.DEFINE_float("top_p", 1.0, "Sample among the smallest set of tokens with t
 flags.register_validator("top_p", lambda top_p: 0 < top_p <= 1, "must be in (0, 1]; --top_k=1 decodes greedily.")
 flags.DEFINE_integer("mem_len", None, "Memory length (default: the training one).", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
+define_verbose_flag()
 
 
 def filter_log_probs(log_probs, top_k=0, top_p=1.0):
@@ -55,6 +57,7 @@ def sample(model, prompt_ids, length, temperature=1.0, top_k=0, top_p=1.0, seed=
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("Usage: python generate.py CHECKPOINT --prompt=TEXT [--length=N]")
+    quiet_tensorflow.hide_info_logs(FLAGS.verbose)
     with checkpoints.load_errors_in_one_line("generate.py", argv[1]):
         model, record = checkpoints.load_model(argv[1], mem_len=FLAGS.mem_len)
         if (pathlib.Path(argv[1]) / data_utils.TOKENIZER_FILE).is_file():  # An export carries its tokenizer.

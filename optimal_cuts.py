@@ -29,7 +29,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from config import DEFAULT_DATA_DIR, UNIGRAM_FILE, ModelConfig
+from config import DEFAULT_DATA_DIR, UNIGRAM_FILE, ModelConfig, define_verbose_flag
 from costs import head_multiply_adds, softmax_multiply_adds, tail_multiply_adds, tail_projection_dims, tail_shares
 
 
@@ -93,6 +93,7 @@ flags.DEFINE_integer("proj_factor", ModelConfig.proj_factor, "Tail i projects to
                      lower_bound=1)
 flags.DEFINE_integer("min_cost", 0, "Columns below which a matmul gets no cheaper (0: count multiply-adds).",
                      lower_bound=0)
+define_verbose_flag()
 
 
 def main(argv):

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from config import CANDIDATE_NAMES, derived_architecture  # noqa: E402
+from config import CANDIDATE_NAMES, define_verbose_flag, derived_architecture  # noqa: E402
 from runs import Run  # noqa: E402
 
 MAX_FRAMES = 100  # 20 s at 5 frames a second; a 20-epoch run's 540 records would make a 1.5 MB GIF.
@@ -127,4 +127,5 @@ if __name__ == "__main__":
                         "instead of one run's pi.gif and pi.png.")
     flags.DEFINE_integer("max_step", 0, "With --trajectories: only the records up to this step (0: all), "
                          "to compare runs over the same budget.")
+    define_verbose_flag()
     app.run(main)

@@ -8,10 +8,12 @@ imported and first lists its devices (which writes CUDA's cuInit line), descript
 temporary file; then every line written there that is not one of those start-up lines goes to the
 console, in order. The capture waits for a script's own first `import tensorflow`, so a script that
 needs no TensorFlow loads none. TF_CPP_MIN_LOG_LEVEL=1 (unless set) also hides TensorFlow's later
-INFO lines. `--verbose` on the command line, or TF_CPP_MIN_LOG_LEVEL=0, keeps every line.
+C++ INFO lines, and hide_info_logs its Python ones. `--verbose` on the command line, or
+TF_CPP_MIN_LOG_LEVEL=0, keeps every line.
 """
 import importlib.abc
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -26,6 +28,17 @@ def verbose(argv, environ):
     """Whether the command line or the environment asks for TensorFlow's every line."""
     return (any(arg == "--verbose" or arg.lower() in ("--verbose=true", "--verbose=1") for arg in argv[1:])
             or environ.get("TF_CPP_MIN_LOG_LEVEL") == "0")
+
+
+def hide_info_logs(verbose):
+    """Unless verbose, TensorFlow's Python INFO lines stay off the console: tf.get_logger()'s, and those that some of
+    its modules write through absl directly, such as functional_saver.py's "Sharding callback duration" at each
+    checkpoint save. Call it once the flags are parsed: absl's app.run sets the levels from --verbosity then."""
+    if not verbose:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
 def without_startup_lines(text):

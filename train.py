@@ -10,7 +10,7 @@ Validation and test scores come from evaluate.py; checkpoints and the export fro
 threads, XLA, precision and the tf.distribute strategy from devices.py. Every field of
 config.ModelConfig, TrainConfig and RunOptions is a flag, with its comment as help.
 """
-import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
+import quiet_tensorflow  # (first: keeps TensorFlow's start-up lines off the console)
 
 import contextlib
 import dataclasses
@@ -703,8 +703,7 @@ def main(argv):
     try:
         metadata = data_utils.load_metadata(flag_values.data_dir)
         model_config, config, options = configs_from_flags(flag_values, metadata["vocab_size"])
-        if not options.verbose:
-            tf.get_logger().setLevel(logging.WARNING)  # Checkpoint saves log at INFO.
+        quiet_tensorflow.hide_info_logs(options.verbose)  # Checkpoint saves log at INFO.
         devices.set_intra_op_threads(options.intra_op_threads)  # Before any TF op, as is the strategy:
         strategy = devices.make_strategy(options.strategy)  # MultiWorkerMirroredStrategy refuses to start after any TF op.
         run_dir = pathlib.Path(flag_values.logdir) / flag_values.model_name

@@ -1,11 +1,10 @@
 """compare_original.py without the original or the network: its sources, its record and its argument errors."""
 import subprocess
-import sys
 
 import pytest
 
 import compare_original
-from conftest import REPO_ROOT
+from conftest import error_line, run_script
 
 
 def fake_original(folder):
@@ -63,8 +62,4 @@ def test_bench_runs_the_same_configuration_as_the_original():
 ])
 def test_argument_errors_are_one_line(tmp_path, arguments, fragment):
     arguments = [argument.format(tmp=tmp_path) for argument in arguments]
-    result = subprocess.run([sys.executable, "compare_original.py", *arguments], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("compare_original.py: error:")]
-    assert len(errors) == 1 and fragment in errors[0], result.stderr
+    assert fragment in error_line(run_script("compare_original.py", *arguments, timeout=60), "compare_original.py")

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from config import (CANDIDATE_NAMES, CANDIDATES, CHOICES, ModelConfig, RunOptions, TrainConfig, configs_from_flags,
-                    define_flags, derived_architecture)
+                    define_flags, define_verbose_flag, derived_architecture, field_comments)
 from conftest import REPO_ROOT
 
 TINY = dict(vocab_size=50, cutoffs=(20, 35))
@@ -59,6 +59,29 @@ def test_flags_are_generated_from_the_dataclasses_with_their_defaults():
     flag_values(["train.py", "--cutoffs=", "--proj_dims=", "--architecture="])  # Empty: full softmax, the SuperNet.
     model, _, _ = configs_from_flags(flag_values, vocab_size=300)
     assert (model.cutoffs, model.proj_dims, model.architecture) == ((), None, None)
+
+
+def test_the_verbose_flag_is_run_options_once_per_flag_values():
+    from absl import flags
+
+    flag_values = define_verbose_flag(flags.FlagValues())
+    assert define_verbose_flag(flag_values) is flag_values  # A second script imported alongside defines nothing.
+    assert flag_values["verbose"].help == field_comments(RunOptions)["verbose"]
+    flag_values(["evaluate.py", "--verbose"])
+    assert flag_values.verbose and not RunOptions.verbose
+
+
+# The scripts without RunOptions' flags (train.py and bench.py take --verbose with them); these three import TensorFlow.
+TENSORFLOW_SCRIPTS = ("evaluate.py", "generate.py", "build_data.py")
+
+
+@pytest.mark.parametrize("script", ["plot_arch.py", "optimal_cuts.py",
+                                    *(pytest.param(script, marks=pytest.mark.slow) for script in TENSORFLOW_SCRIPTS)])
+def test_every_script_takes_verbose(script):
+    result = subprocess.run([sys.executable, script, "--verbose", "--help"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120)
+    listed = re.search(r"--\[no\]verbose: (.+?)\(default: 'false'\)", result.stdout, re.S)
+    assert listed and listed.group(1).split() == field_comments(RunOptions)["verbose"].split(), result.stdout[-3000:]
 
 
 @pytest.mark.parametrize("overrides, fragment", [
