@@ -416,8 +416,9 @@ if __name__ == "__main__":
     flags.DEFINE_integer("vocab_size", data_utils.DEFAULT_VOCAB_SIZE, "Vocabulary of the synthetic data.")
     flags.DEFINE_integer("batch_size", data_utils.DEFAULT_BATCH_SIZE, "Rows per batch.")
     flags.DEFINE_integer("seq_len", data_utils.DEFAULT_SEQ_LEN, "Tokens per segment.")
-    flags.DEFINE_integer("steps", 60, "Timed steps per measurement (after warm-up), in 5 interleaved rounds.")
-    flags.DEFINE_integer("warmup_steps_bench", 5, "Untimed steps first (compilation happens here).")
+    flags.DEFINE_integer("steps", 60, "Timed calls per measurement (after warm-up), in 5 interleaved rounds: a call "
+                         "is one step, or a heldout mode's k weight steps and one held-out step.")
+    flags.DEFINE_integer("warmup_steps_bench", 5, "Untimed calls first (compilation happens here).")
     flags.DEFINE_list("architectures", ["supernet", "AADDDD", "AAAAAA"],
                       f"Search modes ({', '.join(SEARCH_MODE_NAMES)}; see the docstring) or fixed architecture strings.")
     flags.DEFINE_integer("eval_mem_len", None, "Memory length of the timed eval step (default: --mem_len).",
