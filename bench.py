@@ -409,6 +409,9 @@ def print_table(report):
               f"--cost_table={','.join(f'{cost:.4g}' for cost in table['eval'])}")
         for clamped in table["clamped"]:
             print(f"  clamped at 0, measured below the identity's: {clamped}")
+        for kind in ("train", "eval"):
+            if not any(table[kind]):
+                print(f"  the {kind} table is all 0, within the noise: train.py needs a positive cost; time more steps")
 
 
 if __name__ == "__main__":
