@@ -1,4 +1,5 @@
-"""bench.py: its synthetic stream, its data defaults, its provenance, and one tiny end-to-end run of the report."""
+"""bench.py: its synthetic stream, its data defaults, its provenance, its search modes, cost table and eval
+memory, and tiny end-to-end runs of the report."""
 import datetime
 import importlib.metadata
 import json
@@ -6,12 +7,18 @@ import re
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import bench
+import checkpoints
 import devices
-from conftest import REPO_ROOT
+from config import ModelConfig, TrainConfig
+from conftest import REPO_ROOT, TINY_MODEL
+from costs import flops_per_token
+from model import Memory
 
 
 def test_zipf_stream_ranks_frequent_ids_first():
@@ -73,3 +80,91 @@ def test_tiny_benchmark_writes_a_complete_report(tmp_path):
     assert results["supernet", "float32"]["train_flops_per_step"] > results["AD", "float32"]["train_flops_per_step"]
     table = [line.split() for line in result.stdout.splitlines()]
     assert ["supernet", "bfloat16"] in [line[:2] for line in table] and ["AD", "float32"] in [line[:2] for line in table]
+
+
+def test_search_modes_are_supernets_with_their_options_and_other_names_fixed_architectures():
+    model_config = ModelConfig(vocab_size=64, cutoffs=(8,), single_path=True, **TINY_MODEL)
+    configs = bench.run_configs(["supernet", "single_path", "heldout", "single_path_heldout", "ADI"], model_config,
+                                TrainConfig(arch_holdout=0.0))
+    options = {name: (config.architecture, config.single_path, train_config.arch_holdout)
+               for name, (config, train_config) in configs.items()}
+    assert options == {"supernet": (None, False, 0.0), "single_path": (None, True, 0.0), "heldout": (None, False, 0.2),
+                       "single_path_heldout": (None, True, 0.2), "ADI": ("ADI", True, 0.0)}
+    configs = bench.run_configs(["heldout"], model_config, TrainConfig(arch_holdout=0.25))  # --arch_holdout's value.
+    assert configs["heldout"][1].arch_holdout == 0.25
+    assert [bench.weight_steps_per_heldout_step(f) for f in (0.2, 0.25, 0.1)] == [4, 3, 9]
+    with pytest.raises(ValueError, match="'singlepath' is neither a search mode .* nor a fixed architecture"):
+        bench.run_configs(["singlepath"], model_config, TrainConfig())
+
+
+def result(architecture, train_ms, eval_ms, precision="float32"):
+    return dict(architecture=architecture, precision=precision, train_ms_per_step=train_ms, eval_ms_per_step=eval_ms)
+
+
+def test_the_cost_table_is_each_uniform_architectures_excess_over_identity_per_block():
+    results = [result("supernet", 90.0, 30.0), result("AA", 30.0, 7.0), result("DD", 20.0, 12.0),
+               result("II", 10.0, 8.0), result("AA", 1.0, 1.0, "bfloat16")]  # bfloat16 lacks DD and II: no table.
+    table = bench.cost_tables(results, num_layers=2, eval_mem_len=64)
+    assert list(table) == ["float32"]
+    assert table["float32"]["train"] == [10.0, 5.0, 0.0] and table["float32"]["eval_mem_len"] == 64
+    assert table["float32"]["eval"] == [0.0, 2.0, 0.0]  # AA's eval measured below II's: clamped at 0,
+    assert table["float32"]["clamped"] == ["eval A: -0.5 ms"]  # and named.
+    assert bench.cost_tables(results, num_layers=3, eval_mem_len=64) == {}  # No AAA, DDD, III.
+    ratios = bench.search_ratios(results)
+    assert ratios == [dict(mode="supernet", precision="float32", train_step_over={"AA": 3.0, "DD": 4.5, "II": 9.0})]
+
+
+def test_a_longer_eval_memory_evaluates_a_copy_of_the_model_with_its_weights():
+    keras.utils.set_random_seed(0)
+    model = checkpoints.build_model(ModelConfig(vocab_size=64, cutoffs=(8,), architecture="AAA", **TINY_MODEL))
+    model.set_weights([3 * w for w in model.get_weights()])  # Large enough for the context to move the loss.
+    tokens = tf.constant(np.random.default_rng(0).integers(1, 64, size=(2, 8)), tf.int32)
+    same_run, same_model = bench.evaluation_run(model, iter([(tokens, tokens)] * 2), 2, 4, "float32", False)
+    long_run, long_model = bench.evaluation_run(model, iter([(tokens, tokens)] * 2), 2, 40, "float32", False)
+    assert same_model is model and long_model is not model and long_model.config.mem_len == 40
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), long_model.get_weights()))
+    memory, reference = Memory(tf.zeros([3, 2, 40, 16]), tf.constant(0)), []  # The model itself, 40 positions.
+    for _ in range(2):
+        nll, memory = model.token_nll(tokens, tokens, memory)
+        reference.append(float(tf.reduce_sum(tf.cast(nll, tf.float64))))
+    first, second = long_run(), long_run()
+    assert first == pytest.approx(reference[0], rel=1e-6) and first == pytest.approx(same_run(), rel=1e-6)  # Empty.
+    assert second == pytest.approx(reference[1], rel=1e-6)
+    assert second != pytest.approx(same_run(), rel=1e-5)  # 8 positions of memory, not 4.
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_times_the_search_modes_beside_fixed_architectures_and_derives_the_cost_table(tmp_path):
+    output, model = tmp_path / "bench.json", dict(vocab_size=64, cutoffs=(8, 24), d_model=16, num_heads=2, d_ffn=32,
+                                                   num_layers=2)
+    command = [sys.executable, "bench.py", "--vocab_size=64", "--cutoffs=8,24", "--d_model=16", "--num_heads=2",
+               "--d_ffn=32", "--num_layers=2", "--mem_len=4", "--eval_mem_len=24", "--batch_size=4", "--seq_len=8",
+               "--steps=1", "--warmup_steps_bench=1", "--precision=float32",
+               "--architectures=supernet,single_path,heldout,AA,DD,II", f"--output={output}"]
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(output.read_text())
+    results = {r["architecture"]: r for r in report["results"]}
+    assert list(results) == ["supernet", "single_path", "heldout", "AA", "DD", "II"]
+    assert (report["mem_len"], report["eval_mem_len"]) == (4, 24)
+    for name, figures in results.items():
+        assert figures["train_ms_per_step"] > 0 and figures["eval_ms_per_step"] > 0 and figures["eval_mfu"] > 0
+        # The eval step is counted, and built, at the eval memory's 24 positions, not the training's 4.
+        eval_config = ModelConfig(**model, mem_len=24, architecture=None if name in bench.SEARCH_MODE_NAMES else name)
+        assert figures["eval_flops_per_step"] == pytest.approx(
+            flops_per_token(eval_config, 8, tail_shares=report["tail_shares"]) * 32)
+    assert results["single_path"]["train_mfu"] is None and results["supernet"]["train_mfu"] > 0
+    assert (results["heldout"]["arch_holdout"], results["heldout"]["weight_steps_per_heldout_step"]) == (0.2, 4)
+    table = report["cost_tables"]["float32"]
+    for kind in ("train", "eval"):
+        identity = results["II"][f"{kind}_ms_per_step"]
+        expected = [max(0.0, (results[name][f"{kind}_ms_per_step"] - identity) / 2) for name in ("AA", "DD")]
+        assert table[kind] == pytest.approx(expected + [0.0]) and table[kind][2] == 0.0
+    assert f"--cost_table={','.join(f'{cost:.4g}' for cost in table['train'])}" in completed.stdout
+    assert f"inference cost table (eval memory 24): --cost_table=" in completed.stdout
+    ratios = {ratio["mode"]: ratio["train_step_over"] for ratio in report["search_step_ratios"]}
+    assert set(ratios) == {"supernet", "single_path", "heldout"} and set(ratios["heldout"]) == {"AA", "DD", "II"}
+    assert ratios["single_path"]["AA"] == pytest.approx(
+        results["single_path"]["train_ms_per_step"] / results["AA"]["train_ms_per_step"])
+    assert re.search(r"^single_path \(float32\): [\d.]+x AA's, [\d.]+x DD's, [\d.]+x II's train step$",
+                     completed.stdout, re.MULTILINE)
