@@ -261,8 +261,8 @@ def test_without_flock_a_live_pid_of_this_host_keeps_the_run(tmp_path, monkeypat
 
 def three_shard_dataset(directory):
     """12 batches of 2 x 8 tokens in three TFRecord files of 4 batches each."""
-    windows = data_utils.context_batch(np.arange(1, 200) % 29 + 1, batch_size=2, seq_len=8)[:12]
-    files = data_utils.write_tfrecords(windows, directory, "train", num_shards=3)
+    stream = np.arange(1, 195) % 29 + 1  # Two rows of 97 tokens: 12 windows of 8 + 1.
+    files = data_utils.write_tfrecords(stream, directory, "train", batch_size=2, seq_len=8, num_shards=3)["files"]
     metadata = dict(vocab_size=30, batch_size=2, seq_len=8, splits=dict(train=dict(files=files, batches=12, words=0)))
     (directory / data_utils.METADATA_FILE).write_text(json.dumps(metadata))
     return [directory / name for name in files]
