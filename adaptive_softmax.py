@@ -14,7 +14,6 @@ on every row or only on the rows whose label lies in it depends on XLA (see Adap
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from config import check_cutoffs

@@ -34,7 +34,7 @@ import plot_arch
 import reliability
 import runs
 from adaptive_softmax import tail_capacities
-from config import CANDIDATE_NAMES, CANDIDATES, ModelConfig, RunOptions, TrainConfig, configs_from_flags, define_flags
+from config import CANDIDATE_NAMES, CANDIDATES, RunOptions, configs_from_flags, define_flags
 from costs import candidate_flops_per_token, flops_per_token, tail_shares
 from evaluate import evaluate_both_ways
 from gumbel import ExponentialTauSchedule

@@ -20,7 +20,7 @@ import build_data
 import data_utils
 import train
 from conftest import SHARED_WIKITEXT2, TINY_MODEL, error_line, run_script, write_corpus
-from model import ModelConfig
+from config import ModelConfig, RunOptions, TrainConfig
 
 def run_build(*args):
     return run_script("build_data.py", *args)
@@ -436,8 +436,8 @@ def test_a_character_dataset_trains_end_to_end_and_reports_bits_per_character(tm
                                         batch_size=4, seq_len=8, source_name="text8")
     assert metadata["vocab_size"] == 29  # Padding, end-of-line and the 27 symbols.
     model_config = ModelConfig(vocab_size=29, cutoffs=(), **TINY_MODEL)
-    results = train.train_and_evaluate(model_config, train.TrainConfig(epochs=1, warmup_steps=5), data_dir,
-                                       tmp_path / "run", train.RunOptions(log_every=10))
+    results = train.train_and_evaluate(model_config, TrainConfig(epochs=1, warmup_steps=5), data_dir,
+                                       tmp_path / "run", RunOptions(log_every=10))
     for split in ("valid", "test"):
         counts = metadata["splits"][split]
         expected = results[f"{split}_loss"] * results[f"{split}_tokens"] / (math.log(2) * counts["characters"])

@@ -24,7 +24,7 @@ import devices
 import reliability
 import runs
 import train
-from config import ModelConfig, RunOptions, TrainConfig
+from config import ModelConfig, TrainConfig
 from conftest import REPO_ROOT, TINY_MODEL, error_line, write_corpus
 
 BROKEN_JSON = '{"model": {d_model: 16}}'  # A hand edit that forgot the quotes.
@@ -330,7 +330,12 @@ def tiny_run(tmp_path_factory):
     build_data.build_dataset(root / "data", data_utils.find_split_files(corpus), vocab_size=40, batch_size=4, seq_len=8)
     command = [sys.executable, "train.py", f"--data_dir={root / 'data'}", "--epochs=1", "--warmup_steps=5",
                "--log_every=5", *TINY_FLAGS]
-    run_script(*command, f"--logdir={root / 'straight'}")
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}  # As a user's console.
+    straight = subprocess.run(command + [f"--logdir={root / 'straight'}"], cwd=REPO_ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    # Not --verbose: no TensorFlow INFO line, such as each checkpoint save's functional_saver.py line, on the console.
+    assert not re.search(r"^I\d{4} |functional_saver", straight.stdout + straight.stderr, re.MULTILINE)
     return command, reliability.read_json(root / "straight" / "base" / "results.json")
 
 

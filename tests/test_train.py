@@ -1,7 +1,6 @@
 """train.py: learning, exact resume (paused, killed, damaged), the NaN guard, the schedules, the whole loop from
 the command line and the notebook, XLA, mixed precision and distribution strategies."""
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -12,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import types
 from unittest import mock
 
 import keras
@@ -22,7 +20,6 @@ import tensorflow as tf
 from PIL import Image
 
 import data_utils
-import generate
 import devices
 import checkpoints
 import runs
