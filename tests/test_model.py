@@ -148,6 +148,14 @@ def copy_choices_into_fixed_model(supernet, choices):
     return fixed
 
 
+def poison_the_unchosen(supernet, choices):
+    """Sets every weight of each block's candidates but the chosen one to NaN: a candidate that ran would spread them."""
+    for block, choice in zip(supernet.blocks, choices):
+        for candidate, kind in zip(block.candidates, "ADI"):
+            for weight in candidate.weights if kind != choice else []:
+                weight.assign(tf.fill(weight.shape, float("nan")))
+
+
 def test_argmax_evaluation_equals_the_chosen_fixed_architecture():
     supernet = tiny_model(dropout_rate=0.0)
     for block, logits in zip(supernet.blocks, ([0.1, 0.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.0, 0.3])):
@@ -399,10 +407,7 @@ def test_compiled_argmax_evaluation_runs_only_the_chosen_candidates_and_equals_t
     for block, logits in zip(supernet.blocks, ([0.0, 0.0, 0.4], [0.0, 2.0, 1.0], [0.3, 0.0, 0.0])):
         block.arch_logits.assign(logits)
     fixed = copy_choices_into_fixed_model(supernet, "IDA")
-    for block, choice in zip(supernet.blocks, "IDA"):  # A candidate that ran would spread its NaNs.
-        for candidate, kind in zip(block.candidates, "ADI"):
-            for weight in candidate.weights if kind != choice else []:
-                weight.assign(tf.fill(weight.shape, float("nan")))
+    poison_the_unchosen(supernet, "IDA")
     segment = random_tokens((2, 5), seed=3)
     step = tf.function(lambda model, mode: model.token_nll(segment, segment, model.initial_memory(2), eval_mode=mode)[0],
                        jit_compile=jit_compile)
@@ -435,10 +440,7 @@ def test_single_path_with_one_hot_pi_trains_as_the_fixed_architecture_without_ru
     for block, choice in zip(supernet.blocks, "ADI"):  # pi one-hot in float32: every Gumbel sample picks the choice.
         block.arch_logits.assign([40.0 if kind == choice else 0.0 for kind in "ADI"])
     fixed = copy_choices_into_fixed_model(supernet, "ADI")
-    for block, choice in zip(supernet.blocks, "ADI"):  # A candidate that ran would spread its NaNs.
-        for candidate, kind in zip(block.candidates, "ADI"):
-            for weight in candidate.weights if kind != choice else []:
-                weight.assign(tf.fill(weight.shape, float("nan")))
+    poison_the_unchosen(supernet, "ADI")
     segment = random_tokens((2, 5), seed=4)
 
     @tf.function(jit_compile=jit_compile)
