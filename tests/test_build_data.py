@@ -198,10 +198,11 @@ def test_read_only_output_folder_fails_with_one_line(tmp_path):
 
 
 def zipped_corpus(folder_name, texts):
+    """The same bytes on every call: a fixed timestamp, so that parallel workers collect the same tests."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, text in texts.items():
-            archive.writestr(f"{folder_name}/{name}", text)
+            archive.writestr(zipfile.ZipInfo(f"{folder_name}/{name}", date_time=(2020, 1, 1, 0, 0, 0)), text)
     return buffer.getvalue()
 
 
@@ -251,10 +252,10 @@ def test_download_sends_browser_user_agent_and_extracts(server, tmp_path):
 
 
 @pytest.mark.parametrize("archive", [
-    zipped_corpus("wt2", {**TEXTS, "wiki.train.tokens": " \n a b \n"}),  # A truncated split: wrong counts.
-    zipped_corpus("wt2", TEXTS)[:-30],  # A truncated zip.
-    zipped_corpus("other", TEXTS),  # The wrong archive.
-])
+    zipped_corpus("wt2", {**TEXTS, "wiki.train.tokens": " \n a b \n"}),
+    zipped_corpus("wt2", TEXTS)[:-30],
+    zipped_corpus("other", TEXTS),
+], ids=["truncated_split", "truncated_zip", "wrong_archive"])
 def test_corrupted_download_is_rejected_and_deleted(server, tmp_path, archive):
     server["files"]["/wt2.zip"] = archive
     corpus = data_utils.Corpus(url=server["url"] + "/wt2.zip", folder="wt2", files=FILES, expected_counts=COUNTS)
