@@ -25,6 +25,7 @@ from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from config import CANDIDATE_NAMES, define_verbose_flag, derived_architecture  # noqa: E402
+from reliability import write_whole  # noqa: E402
 from runs import Run  # noqa: E402
 
 MAX_FRAMES = 100  # 20 s at 5 frames a second; a 20-epoch run's 540 records would make a 1.5 MB GIF.
@@ -73,9 +74,15 @@ def plot_history(run_dir, max_frames=MAX_FRAMES):
     history = run.read_pi_history()
     frames = [Image.open(io.BytesIO(render_pi(history[i]["pi"], f"step {history[i]['step']}  tau {history[i]['tau']:.3f}")))
               .convert("RGB") for i in frame_indices(len(history), max_frames)]
-    frames[0].save(run.pi_gif_path, save_all=True, append_images=frames[1:], duration=200, loop=0)
-    frames[-1].save(run.pi_png_path)
+    write_whole(run.pi_gif_path, image_bytes(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=200, loop=0))
+    write_whole(run.pi_png_path, image_bytes(frames[-1], "PNG"))
     return held_since(history)
+
+
+def image_bytes(image, image_format, **options):
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
 
 
 def trajectories(history, max_step=0):
@@ -101,8 +108,10 @@ def plot_trajectories(run_dirs, output, max_step=0):
     axes[0, 0].set_ylim(0, 1)  # Shared by every panel.
     axes[0, -1].legend(fontsize=7, loc="upper right")
     figure.tight_layout()
-    figure.savefig(output, format="png")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
     plt.close(figure)
+    write_whole(output, buffer.getvalue())
 
 
 def main(argv):

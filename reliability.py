@@ -59,8 +59,8 @@ def read_json_lines(path):
     return values
 
 
-def write_whole(path, text):
-    """Writes `text` into `path` whole or not at all: into a hidden file beside it, then renamed over it.
+def write_whole(path, content):
+    """Writes `content` (str or bytes) into `path` whole or not at all: into a hidden file beside it, then renamed over it.
 
     Readers (evaluate.py, another worker) never see half of it, and a full disk leaves the old file.
     """
@@ -68,7 +68,10 @@ def write_whole(path, text):
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         with naming_a_full_disk(path):
-            temporary.write_text(text)
+            if isinstance(content, bytes):
+                temporary.write_bytes(content)
+            else:
+                temporary.write_text(content)
             temporary.replace(path)
     finally:
         temporary.unlink(missing_ok=True)

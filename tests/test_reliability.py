@@ -16,11 +16,13 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 import build_data
 import checkpoints
 import data_utils
 import devices
+import plot_arch
 import reliability
 import runs
 import train
@@ -109,6 +111,21 @@ def test_json_and_line_writes_on_a_full_disk_leave_the_old_file_whole(small_disk
     assert reliability.read_json(path) == {"loss": 1.0}
     assert reliability.read_json_lines(history) == [{"step": 1}]  # No half line.
     assert sorted(p.name for p in small_disk.iterdir()) == ["best_valid.json", "filler", "pi_history.jsonl"]
+
+
+def test_the_pi_animation_on_a_full_disk_leaves_the_old_one_whole(small_disk):
+    run = runs.Run(small_disk)
+    for step in (100, 200):
+        run.append_pi(step, 1.0 / step, [[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]])
+    plot_arch.plot_history(small_disk)
+    for step in range(300, 5000, 100):
+        run.append_pi(step, 1.0 / step, np.random.default_rng(step).dirichlet(np.ones(3), size=2).tolist())
+    fill(small_disk, leave=4096)
+    with pytest.raises(reliability.DiskFullError, match=re.escape(str(run.pi_gif_path))):
+        plot_arch.plot_history(small_disk)
+    with Image.open(run.pi_gif_path) as gif:
+        assert gif.n_frames == 2
+    assert not list(small_disk.glob(".*.tmp"))
 
 
 def test_a_checkpoint_save_on_a_full_disk_names_it_and_keeps_the_previous_one(small_disk):
