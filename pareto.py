@@ -1,0 +1,200 @@
+"""Stage 2 over seeds against measured cost: the table (mean ± std) and the Pareto chart of one regime.
+
+    python pareto.py --bench=docs/runs/stage2_bench_T128.json --searches='docs/runs/searchT128_*' \
+        --output=docs/pareto_T128.png 'docs/runs/T128_*'
+
+Each positional argument names stage-2 run directories (a glob). They are grouped by architecture; every
+run must share every setting but the seed, so that the seeds measure the spread of one recipe. Each
+architecture's validation and test score is the mean and sample standard deviation over its runs, in
+word perplexity (bits per character on character data). Its cost is the bench report's train and eval
+step time per token. An architecture is marked as searched when a search in --searches derived it (the
+argmax of the last pi record), so the mark comes from the searches' records, never from a list by hand.
+Prints the table in Markdown, with each architecture's ratio to --baseline, and draws the chart: score
+against train time per token and against inference time per token, error bars over seeds.
+"""
+import glob
+import io
+import statistics
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # Headless: files only, no window.
+import matplotlib.pyplot as plt  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from config import define_verbose_flag, derived_architecture  # noqa: E402
+from reliability import read_json, write_whole  # noqa: E402
+from runs import Run, read_record  # noqa: E402
+
+SEED_FREE = ("seed",)  # The only setting that may differ between the runs of one table.
+
+
+def run_directories(patterns):
+    """The run directories each glob names, in order; a glob that names none is an error."""
+    directories = []
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern))
+        if not found:
+            raise ValueError(f"{pattern!r} names no run directory.")
+        directories += found
+    return directories
+
+
+def recipe(record):
+    """What must agree between the runs of one table: the config record without the architecture and seed."""
+    model = {k: v for k, v in record["model"].items() if k not in ("architecture", "num_layers")}
+    train = {k: v for k, v in record["train"].items() if k not in SEED_FREE}
+    return dict(model=model, train=train, data=record["data"])
+
+
+def first_difference(a, b, prefix=""):
+    """The dotted name of a field where two nested dicts differ, or None."""
+    for key in sorted(set(a) | set(b)):
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            inner = first_difference(left, right, f"{prefix}{key}.")
+            if inner:
+                return inner
+        elif left != right:
+            return f"{prefix}{key}"
+    return None
+
+
+def score_name(results):
+    """The score a run's results.json reports for its data: bits per character, or word perplexity."""
+    return "bits_per_character" if "valid_bits_per_character" in results else "word_perplexity"
+
+
+def stage2_scores(directories):
+    """{architecture: {"valid": [...], "test": [...], "runs": [...]}}, and the score's name.
+
+    Refuses runs whose recipes differ (naming the field and both runs), and runs without results.json.
+    """
+    groups, reference, name = {}, None, None
+    for directory in directories:
+        run = Run(directory)
+        record = read_record(run.config_path)
+        if reference is None:
+            reference = (directory, record)
+        field = first_difference(recipe(reference[1]), recipe(record))
+        if field:
+            raise ValueError(f"{directory} and {reference[0]} differ in {field}: a table compares seeds of one recipe.")
+        if not run.results_path.is_file():
+            raise ValueError(f"{run.results_path} is missing: {directory} has not finished.")
+        results = read_json(run.results_path)
+        name = name or score_name(results)
+        group = groups.setdefault(record["model"]["architecture"], dict(valid=[], test=[], runs=[]))
+        group["valid"].append(results[f"valid_{name}"])
+        group["test"].append(results[f"test_{name}"])
+        group["runs"].append(directory)
+    return groups, name
+
+
+def searched_architectures(patterns):
+    """{architecture: [search directories that derived it]} from each search's last pi record."""
+    derived = {}
+    for directory in run_directories(patterns):
+        history = Run(directory).read_pi_history()
+        if not history:
+            raise ValueError(f"{Run(directory).pi_history_path} is empty: {directory} is not a search.")
+        derived.setdefault(derived_architecture(history[-1]["pi"]), []).append(directory)
+    return derived
+
+
+def mean_and_std(values):
+    """The mean and the sample standard deviation (0 for one value: no spread is measured)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def step_costs(bench_path, architectures):
+    """{architecture: (train µs per token, eval µs per token)} from a bench.py report, and its eval memory."""
+    report = read_json(bench_path)
+    tokens = report["batch_size"] * report["seq_len"]
+    timed = {r["architecture"]: r for r in report["results"] if r["architecture"] in architectures}
+    missing = sorted(set(architectures) - set(timed))
+    if missing:
+        raise ValueError(f"{bench_path} has no timing of {', '.join(missing)}: bench them in the same run.")
+    costs = {a: (1000 * r["train_ms_per_step"] / tokens, 1000 * r["eval_ms_per_step"] / tokens) for a, r in timed.items()}
+    return costs, report["eval_mem_len"]
+
+
+def table_rows(groups, costs, searched, baseline):
+    """One dict per architecture, ordered by mean validation score: the figures of the Markdown table."""
+    base_valid = mean_and_std(groups[baseline]["valid"])[0]
+    base_train, base_eval = costs[baseline]
+    rows = []
+    for architecture, group in groups.items():
+        valid, valid_std = mean_and_std(group["valid"])
+        test, test_std = mean_and_std(group["test"])
+        train, inference = costs[architecture]
+        rows.append(dict(architecture=architecture, searched=len(searched.get(architecture, [])), seeds=len(group["valid"]),
+                         valid=valid, valid_std=valid_std, test=test, test_std=test_std,
+                         valid_change=valid / base_valid - 1, train=train, train_saving=1 - train / base_train,
+                         inference=inference, inference_saving=1 - inference / base_eval))
+    return sorted(rows, key=lambda row: row["valid"])
+
+
+def markdown(rows, score, eval_mem_len, baseline):
+    unit = "bits/char" if score == "bits_per_character" else "word ppl"
+    lines = [f"| architecture | searches that derived it | seeds | valid {unit} | test {unit} | valid vs {baseline} "
+             f"| train µs/token | train saving | inference µs/token (memory {eval_mem_len}) | inference saving |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| `{r['architecture']}` | {r['searched']} | {r['seeds']} | {r['valid']:.1f} ± {r['valid_std']:.1f} "
+                     f"| {r['test']:.1f} ± {r['test_std']:.1f} | {100 * r['valid_change']:+.1f}% | {r['train']:.1f} "
+                     f"| {100 * r['train_saving']:.0f}% | {r['inference']:.1f} | {100 * r['inference_saving']:.0f}% |")
+    return "\n".join(lines)
+
+
+def draw(rows, score, eval_mem_len, title):
+    """PNG bytes: the score against train and against inference time per token, searched points in red."""
+    figure, panels = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100, sharey=True)
+    for axes, key, label in ((panels[0], "train", "train step"), (panels[1], "inference", f"inference, memory {eval_mem_len}")):
+        for r in rows:
+            color = "tab:red" if r["searched"] else "tab:blue"
+            axes.errorbar(r[key], r["valid"], yerr=r["valid_std"], fmt="o", color=color, capsize=3)
+            axes.annotate(r["architecture"], (r[key], r["valid"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        axes.set_xlabel(f"{label}: µs per token (bench.py)")
+        axes.grid(alpha=0.3)
+    panels[0].set_ylabel("validation " + ("bits per character" if score == "bits_per_character" else "word perplexity")
+                         + ", mean ± std over seeds")
+    panels[0].plot([], [], "o", color="tab:red", label="derived by a search")
+    panels[0].plot([], [], "o", color="tab:blue", label="chosen by hand")
+    panels[0].legend(fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def main(argv):
+    try:
+        groups, score = stage2_scores(run_directories(argv[1:]))
+        if FLAGS.baseline not in groups:
+            raise ValueError(f"--baseline={FLAGS.baseline}: no run of it among {' '.join(argv[1:])}.")
+        costs, eval_mem_len = step_costs(FLAGS.bench, list(groups))
+        searched = searched_architectures(FLAGS.searches) if FLAGS.searches else {}
+    except (ValueError, OSError) as error:
+        sys.exit(f"pareto.py: error: {error}")
+    rows = table_rows(groups, costs, searched, FLAGS.baseline)
+    print(markdown(rows, score, eval_mem_len, FLAGS.baseline))
+    for architecture, directories in sorted(searched.items()):
+        retrained = "" if architecture in groups else " (no stage-2 run of it given)"
+        print(f"{architecture} derived by {', '.join(directories)}{retrained}")
+    if FLAGS.output:
+        write_whole(FLAGS.output, draw(rows, score, eval_mem_len, FLAGS.title))
+        print(f"Wrote {FLAGS.output}.")
+
+
+if __name__ == "__main__":
+    FLAGS = flags.FLAGS
+    flags.DEFINE_string("bench", None, "bench.py JSON report timing every architecture of the table.", required=True)
+    flags.DEFINE_list("searches", [], "Globs of search runs; the architectures they derived are marked.")
+    flags.DEFINE_string("baseline", "ADADAD", "The architecture that savings and perplexity changes are relative to.")
+    flags.DEFINE_string("output", None, "Where to write the chart (PNG); unset: the table only.")
+    flags.DEFINE_string("title", "", "The chart's title.")
+    define_verbose_flag()
+    app.run(main)

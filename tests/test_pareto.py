@@ -1,0 +1,124 @@
+"""pareto.py: seeds grouped by architecture, mean and sample std, costs per token, the searched marks, refusals."""
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+import pareto
+from conftest import REPO_ROOT, error_line
+from runs import Run
+
+RECIPE = dict(model=dict(architecture=None, num_layers=6, d_model=128, mem_len=256),
+              train=dict(seed=None, max_lr=4e-3, epochs=2), data=dict(batch_size=32, seq_len=128, source={}))
+
+
+def stage2_run(directory, architecture, seed, valid, test, **train_changes):
+    record = json.loads(json.dumps(RECIPE))
+    record["model"]["architecture"] = architecture
+    record["train"].update(seed=seed, **train_changes)
+    run = Run(directory)
+    run.directory.mkdir(parents=True)
+    run.config_path.write_text(json.dumps(record))
+    run.results_path.write_text(json.dumps(dict(valid_word_perplexity=valid, test_word_perplexity=test)))
+    return str(directory)
+
+
+def bench_report(path, ms_per_step):
+    """A bench.py report at batch 4 x 8 = 32 tokens a step: {architecture: (train ms, eval ms)}."""
+    results = [dict(architecture=a, train_ms_per_step=t, eval_ms_per_step=e) for a, (t, e) in ms_per_step.items()]
+    path.write_text(json.dumps(dict(batch_size=4, seq_len=8, eval_mem_len=640, results=results)))
+    return str(path)
+
+
+def search_run(directory, final_pi):
+    run = Run(directory)
+    run.directory.mkdir(parents=True)
+    run.append_pi(100, 0.5, [[1 / 3] * 3] * len(final_pi))
+    run.append_pi(200, 0.1, final_pi)
+    return str(directory)
+
+
+def test_seeds_are_grouped_by_architecture_with_the_sample_standard_deviation(tmp_path):
+    for seed, (valid, test) in enumerate([(100.0, 90.0), (102.0, 93.0), (104.0, 90.0)]):
+        stage2_run(tmp_path / f"ADADAD_s{seed}", "ADADAD", seed, valid, test)
+    stage2_run(tmp_path / "AADDII_s0", "AADDII", 0, 101.0, 91.0)
+    groups, score = pareto.stage2_scores(pareto.run_directories([str(tmp_path / "*")]))
+    assert score == "word_perplexity"
+    assert groups["ADADAD"]["valid"] == [100.0, 102.0, 104.0]
+    # Sample standard deviations: sqrt(((-2)^2 + 0 + 2^2) / 2) = 2, sqrt((1 + 4 + 1) / 2) = sqrt(3).
+    assert pareto.mean_and_std(groups["ADADAD"]["valid"]) == pytest.approx((102.0, 2.0))
+    assert pareto.mean_and_std(groups["ADADAD"]["test"]) == pytest.approx((91.0, 3 ** 0.5))
+    assert pareto.mean_and_std([101.0]) == (101.0, 0.0)
+
+
+def test_rows_give_costs_per_token_and_savings_against_the_baseline(tmp_path):
+    groups = {"ADADAD": dict(valid=[100.0, 104.0], test=[90.0, 90.0]), "AADDII": dict(valid=[101.0], test=[91.0])}
+    costs, eval_mem_len = pareto.step_costs(bench_report(tmp_path / "bench.json", {"ADADAD": (64.0, 32.0),
+                                                                                   "AADDII": (48.0, 8.0),
+                                                                                   "DDDDDD": (1.0, 1.0)}), groups)
+    assert eval_mem_len == 640
+    assert costs == {"ADADAD": (2000.0, 1000.0), "AADDII": (1500.0, 250.0)}  # µs per token: ms x 1000 / 32 tokens.
+    rows = pareto.table_rows(groups, costs, {"AADDII": ["search_s0", "search_s1"]}, "ADADAD")
+    assert [r["architecture"] for r in rows] == ["AADDII", "ADADAD"]  # Best validation first.
+    searched, baseline = rows
+    assert searched["searched"] == 2 and baseline["searched"] == 0
+    assert searched["valid_change"] == pytest.approx(101.0 / 102.0 - 1)
+    assert searched["train_saving"] == pytest.approx(0.25) and searched["inference_saving"] == pytest.approx(0.75)
+    table = pareto.markdown(rows, "word_perplexity", eval_mem_len, "ADADAD")
+    assert "| `AADDII` | 2 | 1 | 101.0 ± 0.0 | 91.0 ± 0.0 | -1.0% | 1500.0 | 25% | 250.0 | 75% |" in table
+
+
+def test_searched_architectures_come_from_each_searchs_last_pi_record(tmp_path):
+    search_run(tmp_path / "s0", [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    search_run(tmp_path / "s1", [[0.5, 0.4, 0.1], [0.3, 0.6, 0.1], [0.2, 0.3, 0.5]])
+    search_run(tmp_path / "s2", [[0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    derived = pareto.searched_architectures([str(tmp_path / "s*")])
+    assert derived == {"ADI": [str(tmp_path / "s0"), str(tmp_path / "s1")], "DDI": [str(tmp_path / "s2")]}
+
+
+def test_runs_of_different_recipes_are_refused_naming_the_field_and_both_runs(tmp_path):
+    first = stage2_run(tmp_path / "a", "ADADAD", 0, 100.0, 90.0)
+    second = stage2_run(tmp_path / "b", "DADDDD", 1, 100.0, 90.0, max_lr=2e-3)
+    with pytest.raises(ValueError, match=f"{second} and {first} differ in train.max_lr"):
+        pareto.stage2_scores([first, second])
+
+
+def test_an_unfinished_run_and_an_untimed_architecture_are_named(tmp_path):
+    run = stage2_run(tmp_path / "a", "ADADAD", 0, 100.0, 90.0)
+    Run(run).results_path.unlink()
+    with pytest.raises(ValueError, match=f"{Run(run).results_path} is missing"):
+        pareto.stage2_scores([run])
+    bench = bench_report(tmp_path / "bench.json", {"ADADAD": (1.0, 1.0)})
+    with pytest.raises(ValueError, match=f"{bench} has no timing of DADDDD"):
+        pareto.step_costs(bench, ["ADADAD", "DADDDD"])
+    with pytest.raises(ValueError, match="names no run directory"):
+        pareto.run_directories([str(tmp_path / "missing*")])
+
+
+def test_the_chart_is_a_png_with_both_panels(tmp_path):
+    rows = [dict(architecture="ADADAD", searched=0, valid=102.0, valid_std=2.0, train=2000.0, inference=1000.0),
+            dict(architecture="AADDII", searched=1, valid=101.0, valid_std=0.0, train=1500.0, inference=250.0)]
+    path = tmp_path / "pareto.png"
+    path.write_bytes(pareto.draw(rows, "word_perplexity", 640, "T=128"))
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (1000, 420)
+
+
+def test_the_script_prints_the_table_writes_the_chart_and_names_a_missing_baseline(tmp_path):
+    for seed in (0, 1):
+        stage2_run(tmp_path / "runs" / f"ADADAD_s{seed}", "ADADAD", seed, 100.0 + seed, 90.0)
+    stage2_run(tmp_path / "runs" / "AADDII_s0", "AADDII", 0, 101.0, 91.0)
+    search_run(tmp_path / "search_s0", [[0.8, 0.1, 0.1]] * 2 + [[0.1, 0.8, 0.1]] * 2 + [[0.1, 0.1, 0.8]] * 2)
+    bench = bench_report(tmp_path / "bench.json", {"ADADAD": (64.0, 32.0), "AADDII": (48.0, 8.0)})
+    command = [sys.executable, str(REPO_ROOT / "pareto.py"), f"--bench={bench}", f"--searches={tmp_path}/search_*",
+               f"--output={tmp_path}/pareto.png", f"{tmp_path}/runs/*"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "| `ADADAD` | 0 | 2 | 100.5 ± 0.7 |" in result.stdout
+    assert f"AADDII derived by {tmp_path}/search_s0\n" in result.stdout
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    line = error_line(subprocess.run(command[:-1] + ["--baseline=DADDDD", command[-1]], capture_output=True, text=True),
+                      "pareto.py")
+    assert "--baseline=DADDDD: no run of it among" in line
