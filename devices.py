@@ -82,12 +82,17 @@ def native_bfloat16():
 def resolve_precision(precision, strategy="default"):
     """--precision=auto: (bfloat16 where the hardware runs it natively, else float32, and why); others as given.
 
-    Under --strategy=multi_worker on CPUs auto takes float32: TensorFlow's CPU collectives take no bfloat16.
+    Under --strategy=multi_worker on CPUs, whose collectives take no bfloat16 variables, auto takes float32
+    and an explicit bfloat16 is refused.
     """
+    cpu_collectives = strategy == "multi_worker" and not accelerated()
     if check_choice("precision", precision) != "auto":
+        if precision == "bfloat16" and cpu_collectives:
+            raise ValueError("--strategy=multi_worker with bfloat16 on CPUs: TensorFlow's CPU collectives take no "
+                             "bfloat16 variables; pass --precision=float32.")
         return precision, "as given"
     native = native_bfloat16()
-    if native and strategy == "multi_worker" and not accelerated():
+    if native and cpu_collectives:
         return "float32", f"auto: {native}, but --strategy=multi_worker on CPUs, whose collectives take no bfloat16"
     return ("bfloat16", f"auto: {native}") if native else ("float32", "auto: no native bfloat16 here")
 

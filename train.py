@@ -380,12 +380,6 @@ def log_epoch_time(log, epoch, steps, step_seconds, wall_seconds, validation_sec
              validation_seconds)
 
 
-def check_precision_for_strategy(precision, strategy_name):
-    if strategy_name == "multi_worker" and precision == "bfloat16" and not tf.config.list_physical_devices("GPU"):
-        raise ValueError("--strategy=multi_worker with bfloat16 on CPUs: TensorFlow's CPU collectives take no "
-                         "bfloat16 variables; pass --precision=float32.")
-
-
 def candidate_costs(model_config, config, seq_len):
     """The cost of attention, dense and identity that the search's cost term charges: the measured
     --cost_table, or each candidate's forward FLOPs per token (at --cost_mem_len where given)."""
@@ -423,7 +417,6 @@ class Training:
         self.metadata = data_utils.load_metadata(data_dir)
         precision, precision_reason = devices.resolve_precision(config.precision, options.strategy)
         self.config = config = dataclasses.replace(config, precision=precision)  # config.json records the precision used.
-        check_precision_for_strategy(precision, options.strategy)
         self.run = runs.Run(run_dir)
         self.run.directory.mkdir(parents=True, exist_ok=True)
         strategy = devices.make_strategy(options.strategy)

@@ -316,6 +316,15 @@ def test_a_tfrecord_cut_at_a_record_boundary_names_the_file_too(tmp_path):
 # --precision=auto under --strategy=multi_worker.
 
 
+def test_bfloat16_is_refused_for_multi_worker_on_cpus_only(monkeypatch):
+    monkeypatch.setattr(devices, "accelerated", lambda: False)
+    with pytest.raises(ValueError, match="--strategy=multi_worker with bfloat16 on CPUs.*pass --precision=float32"):
+        devices.resolve_precision("bfloat16", "multi_worker")
+    assert devices.resolve_precision("bfloat16", "default") == ("bfloat16", "as given")
+    monkeypatch.setattr(devices, "accelerated", lambda: True)
+    assert devices.resolve_precision("bfloat16", "multi_worker") == ("bfloat16", "as given")
+
+
 @pytest.mark.parametrize("native, accelerated, strategy, expected", [
     ("CPU with amx_bf16", False, "multi_worker", "float32"),
     ("CPU with amx_bf16", False, "default", "bfloat16"),
@@ -329,7 +338,7 @@ def test_auto_precision_takes_float32_for_multi_worker_on_cpus(monkeypatch, nati
     if native == "CPU with amx_bf16" and strategy == "multi_worker":
         assert reason == ("auto: CPU with amx_bf16, but --strategy=multi_worker on CPUs, whose collectives take no "
                           "bfloat16")
-    assert devices.resolve_precision("bfloat16", strategy) == ("bfloat16", "as given")
+    assert devices.resolve_precision("float32", strategy) == ("float32", "as given")
 
 
 # ---------------------------------------------------------------------------------------------
