@@ -26,7 +26,7 @@ from absl import app, flags, logging
 
 import data_utils
 import reliability
-from config import define_verbose_flag
+from config import DEFAULT_DATA_DIR, METADATA_FILE, TOKENIZER_FILE, UNIGRAM_FILE, define_verbose_flag
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", data_utils.DEFAULT_DATASET, list(data_utils.DATASETS),
@@ -39,7 +39,7 @@ flags.DEFINE_string("corpus_dir", None,
 flags.DEFINE_alias("wikitext_dir", "corpus_dir")
 flags.DEFINE_string("input_text", None, "Your own UTF-8 corpus instead of --dataset: a train/valid/test folder or one file.")
 flags.DEFINE_string("data_dir", "data", "Where corpora are looked for (extracted, or as their zip) and downloaded.")
-flags.DEFINE_string("output_dir", data_utils.DEFAULT_DATA_DIR, "Where the tokenizer, records and metadata go.")
+flags.DEFINE_string("output_dir", DEFAULT_DATA_DIR, "Where the tokenizer, records and metadata go.")
 flags.DEFINE_integer("vocab_size", None,
                      "SentencePiece vocabulary size, reserved ids included (default: the dataset's, "
                      f"{data_utils.DEFAULT_VOCAB_SIZE} for WikiText-2 and your own text, "
@@ -86,7 +86,7 @@ def scan_splits(spans, expected_counts=None, alphabet=None):
 def built_settings(directory):
     """The settings `directory` was built with, or None if it holds no dataset of this script."""
     try:
-        metadata = reliability.read_json(directory / data_utils.METADATA_FILE)
+        metadata = reliability.read_json(directory / METADATA_FILE)
     except (OSError, ValueError):
         return None
     return metadata.get("settings") if isinstance(metadata, dict) else None
@@ -102,14 +102,14 @@ def up_to_date(output_dir, settings, overwrite):
     found = built_settings(output_dir)
     if found is None:
         raise data_utils.DataError(
-            f"{output_dir} exists but is not a dataset built by build_data.py (no {data_utils.METADATA_FILE} with build settings), "
+            f"{output_dir} exists but is not a dataset built by build_data.py (no {METADATA_FILE} with build settings), "
             f"so it is not replaced, even with --overwrite; choose another --output_dir."
         )
     if found == settings:
         return True
     if not overwrite:
         raise data_utils.DataError(
-            f"{output_dir} exists and was built with other settings (see its {data_utils.METADATA_FILE}); "
+            f"{output_dir} exists and was built with other settings (see its {METADATA_FILE}); "
             f"pass --overwrite to replace it, or choose another --output_dir."
         )
     return False
@@ -118,7 +118,7 @@ def up_to_date(output_dir, settings, overwrite):
 def tokenize_words(spans, directory, token_files, vocab_size, lowercase, model_type, sentences, num_lines):
     """Trains SentencePiece on `sentences` of train's `num_lines` lines, ranks its ids by train frequency and writes each split's ranked ids
     into token_files; returns (how often each ranked id occurs in train, the ranking)."""
-    model_path = pathlib.Path(directory) / data_utils.TOKENIZER_FILE
+    model_path = pathlib.Path(directory) / TOKENIZER_FILE
     lines = data_utils.evenly_spaced(data_utils.read_lines(spans["train"]), num_lines, sentences)
     data_utils.train_sentencepiece(lines, model_path, vocab_size, lowercase, model_type)
     proto = model_path.read_bytes()
@@ -195,7 +195,7 @@ def build_dataset(output_dir, sources, *, vocab_size=None, lowercase=data_utils.
                                               tokenizer_sentences, scans["train"]["lines"])
             except data_utils.DataError as error:
                 raise data_utils.DataError(f"The train split of {source_name} is too small for this vocabulary: {error}") from None
-            tokenizer = dict(model_file=data_utils.TOKENIZER_FILE, id_rank=rank.tolist())
+            tokenizer = dict(model_file=TOKENIZER_FILE, id_rank=rank.tolist())
         else:
             vocab_size, counts, id_of_byte = tokenize_characters(sources, token_files, alphabet,
                                                                  scans["train"].pop("byte_counts"))
@@ -215,17 +215,17 @@ def build_dataset(output_dir, sources, *, vocab_size=None, lowercase=data_utils.
                                          tokens=len(stream), predicted_tokens=written["predicted_tokens"])
             logging.info("%s: %s", split, {k: v for k, v in split_metadata[split].items() if k != "files"})
         shutil.rmtree(staging / "streams")
-        np.savetxt(staging / data_utils.UNIGRAM_FILE, counts / counts.sum(), fmt="%.10e")
+        np.savetxt(staging / UNIGRAM_FILE, counts / counts.sum(), fmt="%.10e")
         metadata = dict(
             settings=settings,
             vocab_size=vocab_size, batch_size=batch_size, seq_len=seq_len,
             pad_id=data_utils.PAD_ID, eol_id=data_utils.EOL_ID,
             splits=split_metadata,
             tokenizer=tokenizer,
-            unigram_file=data_utils.UNIGRAM_FILE,
+            unigram_file=UNIGRAM_FILE,
             command=command or [],
         )
-        (staging / data_utils.METADATA_FILE).write_text(json.dumps(metadata, indent=1))
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
         replace_directory(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import data_utils
 import reliability
-from config import ModelConfig
+from config import METADATA_FILE, TOKENIZER_FILE, ModelConfig
 from devices import dtype_policy
 from model import TransformerXL
 from runs import EXPORT_WEIGHTS, Run
@@ -100,7 +100,7 @@ def export(model, run, data_dir):
     with reliability.written_whole(run.export_dir) as directory:
         shutil.copyfile(run.config_path, directory / run.config_path.name)
         model.save_weights(str(directory / EXPORT_WEIGHTS))
-        for name in (data_utils.METADATA_FILE, data_utils.TOKENIZER_FILE):
+        for name in (METADATA_FILE, TOKENIZER_FILE):
             if (pathlib.Path(data_dir) / name).is_file():  # Synthetic datasets have no tokenizer.
                 shutil.copyfile(pathlib.Path(data_dir) / name, directory / name)
 

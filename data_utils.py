@@ -42,7 +42,7 @@ import tensorflow as tf
 from absl import logging
 
 import reliability
-from config import DEFAULT_DATA_DIR, METADATA_FILE, TOKENIZER_FILE, UNIGRAM_FILE  # noqa: F401  (a dataset's files)
+from config import METADATA_FILE
 
 SPLITS = ("train", "valid", "test")
 PAD_ID = 0  # Never a target: padding counts in neither the numerator nor the denominator.

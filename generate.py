@@ -15,7 +15,7 @@ from absl import app, flags
 
 import checkpoints
 import data_utils
-from config import define_verbose_flag
+from config import TOKENIZER_FILE, define_verbose_flag
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("prompt", "", "Text to continue (lowercased if the tokenizer lowercases).")
@@ -60,7 +60,7 @@ def main(argv):
     quiet_tensorflow.hide_info_logs(FLAGS.verbose)
     with checkpoints.load_errors_in_one_line("generate.py", argv[1]):
         model, record = checkpoints.load_model(argv[1], mem_len=FLAGS.mem_len)
-        if (pathlib.Path(argv[1]) / data_utils.TOKENIZER_FILE).is_file():  # An export carries its tokenizer.
+        if (pathlib.Path(argv[1]) / TOKENIZER_FILE).is_file():  # An export carries its tokenizer.
             tokenizer = data_utils.Tokenizer.load(argv[1])
         else:  # The training data's, unless that has been rebuilt with other settings since.
             data_utils.check_data_matches_model(record["data_dir"], record)

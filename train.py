@@ -34,7 +34,7 @@ import plot_arch
 import reliability
 import runs
 from adaptive_softmax import tail_capacities
-from config import CANDIDATE_NAMES, CANDIDATES, RunOptions, configs_from_flags, define_flags
+from config import CANDIDATE_NAMES, CANDIDATES, UNIGRAM_FILE, RunOptions, configs_from_flags, define_flags
 from costs import candidate_flops_per_token, flops_per_token, tail_shares
 from evaluate import evaluate_both_ways
 from gumbel import ExponentialTauSchedule
@@ -431,7 +431,7 @@ class Training:
         self.heldout_batches = heldout_batches(train_batches, config.arch_holdout) if model_config.architecture is None \
             else 0
         self.steps_per_epoch = train_batches - self.heldout_batches  # The weights' steps.
-        unigram_path = pathlib.Path(data_dir) / data_utils.UNIGRAM_FILE  # Synthetic datasets have none.
+        unigram_path = pathlib.Path(data_dir) / UNIGRAM_FILE  # Synthetic datasets have none.
         shares = tail_shares(np.loadtxt(unigram_path), model_config.cutoffs) if unigram_path.is_file() else None
         self.costs = candidate_costs(model_config, config, self.seq_len) if config.cost_weight else None
         self.trainer = Trainer(model_config, config, self.steps_per_epoch, self.batch_size, strategy, tail_shares=shares,

@@ -161,7 +161,7 @@ def test_tiny_benchmark_times_the_search_modes_beside_fixed_architectures_and_de
         expected = [max(0.0, (results[name][f"{kind}_ms_per_step"] - identity) / 2) for name in ("AA", "DD")]
         assert table[kind] == pytest.approx(expected + [0.0]) and table[kind][2] == 0.0
     assert f"--cost_table={','.join(f'{cost:.4g}' for cost in table['train'])}" in completed.stdout
-    assert f"inference cost table (eval memory 24): --cost_table=" in completed.stdout
+    assert "inference cost table (eval memory 24): --cost_table=" in completed.stdout
     ratios = {ratio["mode"]: ratio["train_step_over"] for ratio in report["search_step_ratios"]}
     assert set(ratios) == {"supernet", "single_path", "heldout"} and set(ratios["heldout"]) == {"AA", "DD", "II"}
     assert ratios["single_path"]["AA"] == pytest.approx(

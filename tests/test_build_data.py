@@ -20,7 +20,7 @@ import build_data
 import data_utils
 import train
 from conftest import SHARED_WIKITEXT2, TINY_MODEL, error_line, run_script, write_corpus
-from config import ModelConfig, RunOptions, TrainConfig
+from config import UNIGRAM_FILE, ModelConfig, RunOptions, TrainConfig
 
 def run_build(*args):
     return run_script("build_data.py", *args)
@@ -104,7 +104,7 @@ def test_custom_corpus_with_invalid_bytes_builds_and_warns(tmp_path, caplog):
     for (inputs, targets), (next_inputs, _) in zip(batches, batches[1:]):
         np.testing.assert_array_equal(targets[:, :-1], inputs[:, 1:])
         np.testing.assert_array_equal(targets[:, -1], next_inputs[:, 0])
-    unigram = np.loadtxt(tmp_path / "records" / data_utils.UNIGRAM_FILE)
+    unigram = np.loadtxt(tmp_path / "records" / UNIGRAM_FILE)
     assert len(unigram) == 40 and abs(unigram.sum() - 1) < 1e-6
 
 

@@ -5,8 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-import data_utils
 import generate
+from config import TOKENIZER_FILE
 from conftest import build_small_dataset, error_line, make_run, run_script, write_corpus
 
 
@@ -27,7 +27,7 @@ def test_generate_from_a_checkpoint_refuses_its_data_once_rebuilt_otherwise(tmp_
     assert "differ: lowercase" in error_line(result, "generate.py")
 
 
-@pytest.mark.parametrize("damaged", ["model.weights.h5", data_utils.TOKENIZER_FILE])
+@pytest.mark.parametrize("damaged", ["model.weights.h5", TOKENIZER_FILE])
 def test_a_truncated_export_fails_with_one_line(trained_run, tmp_path, damaged):
     export = shutil.copytree(trained_run.export_dir, tmp_path / "export")
     (export / damaged).write_bytes((export / damaged).read_bytes()[:100])

@@ -26,7 +26,7 @@ import plot_arch
 import reliability
 import runs
 import train
-from config import ModelConfig, TrainConfig
+from config import METADATA_FILE, ModelConfig, TrainConfig
 from conftest import REPO_ROOT, TINY_MODEL, error_line, write_corpus
 
 BROKEN_JSON = '{"model": {d_model: 16}}'  # A hand edit that forgot the quotes.
@@ -38,10 +38,10 @@ BROKEN_JSON = '{"model": {d_model: 16}}'  # A hand edit that forgot the quotes.
 
 def test_a_json_syntax_error_names_the_file_wherever_it_is_read(tmp_path):
     (tmp_path / "config.json").write_text(BROKEN_JSON)
-    (tmp_path / data_utils.METADATA_FILE).write_text(BROKEN_JSON)
+    (tmp_path / METADATA_FILE).write_text(BROKEN_JSON)
     expected = "not valid JSON: Expecting property name enclosed in double quotes at line 1 column 12"
     for read, argument, named in [(runs.read_record, tmp_path / "config.json", tmp_path / "config.json"),
-                                  (data_utils.load_metadata, tmp_path, tmp_path / data_utils.METADATA_FILE)]:
+                                  (data_utils.load_metadata, tmp_path, tmp_path / METADATA_FILE)]:
         with pytest.raises(ValueError) as error:
             read(argument)
         assert str(error.value) == f"{named}: {expected}."
@@ -281,7 +281,7 @@ def three_shard_dataset(directory):
     stream = np.arange(1, 195) % 29 + 1  # Two rows of 97 tokens: 12 windows of 8 + 1.
     files = data_utils.write_tfrecords(stream, directory, "train", batch_size=2, seq_len=8, num_shards=3)["files"]
     metadata = dict(vocab_size=30, batch_size=2, seq_len=8, splits=dict(train=dict(files=files, batches=12, words=0)))
-    (directory / data_utils.METADATA_FILE).write_text(json.dumps(metadata))
+    (directory / METADATA_FILE).write_text(json.dumps(metadata))
     return [directory / name for name in files]
 
 
