@@ -111,7 +111,12 @@ def step_costs(bench_path, architectures):
     """{architecture: (train µs per token, eval µs per token)} from a bench.py report, and its eval memory."""
     report = read_json(bench_path)
     tokens = report["batch_size"] * report["seq_len"]
-    timed = {r["architecture"]: r for r in report["results"] if r["architecture"] in architectures}
+    timed = {}
+    for r in report["results"]:
+        if r["architecture"] in architectures:
+            if r["architecture"] in timed:
+                raise ValueError(f"{bench_path} times {r['architecture']} more than once: bench one --precision.")
+            timed[r["architecture"]] = r
     missing = sorted(set(architectures) - set(timed))
     if missing:
         raise ValueError(f"{bench_path} has no timing of {', '.join(missing)}: bench them in the same run.")
@@ -136,13 +141,13 @@ def table_rows(groups, costs, searched, baseline):
 
 
 def markdown(rows, score, eval_mem_len, baseline):
-    unit = "bits/char" if score == "bits_per_character" else "word ppl"
+    unit, digits = ("bits/char", 3) if score == "bits_per_character" else ("word ppl", 1)
     lines = [f"| architecture | searches that derived it | seeds | valid {unit} | test {unit} | valid vs {baseline} "
              f"| train µs/token | train saving | inference µs/token (memory {eval_mem_len}) | inference saving |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| `{r['architecture']}` | {r['searched']} | {r['seeds']} | {r['valid']:.1f} ± {r['valid_std']:.1f} "
-                     f"| {r['test']:.1f} ± {r['test_std']:.1f} | {100 * r['valid_change']:+.1f}% | {r['train']:.1f} "
+        lines.append(f"| `{r['architecture']}` | {r['searched']} | {r['seeds']} | {r['valid']:.{digits}f} ± {r['valid_std']:.{digits}f} "
+                     f"| {r['test']:.{digits}f} ± {r['test_std']:.{digits}f} | {100 * r['valid_change']:+.1f}% | {r['train']:.1f} "
                      f"| {100 * r['train_saving']:.0f}% | {r['inference']:.1f} | {100 * r['inference_saving']:.0f}% |")
     return "\n".join(lines)
 

@@ -68,6 +68,8 @@ def test_rows_give_costs_per_token_and_savings_against_the_baseline(tmp_path):
     assert searched["train_saving"] == pytest.approx(0.25) and searched["inference_saving"] == pytest.approx(0.75)
     table = pareto.markdown(rows, "word_perplexity", eval_mem_len, "ADADAD")
     assert "| `AADDII` | 2 | 1 | 101.0 ± 0.0 | 91.0 ± 0.0 | -1.0% | 1500.0 | 25% | 250.0 | 75% |" in table
+    assert "| 1.250 ± 0.000 |" in pareto.markdown([dict(rows[0], valid=1.25, valid_std=0.0)], "bits_per_character", 640,
+                                                 "ADADAD")
 
 
 def test_searched_architectures_come_from_each_searchs_last_pi_record(tmp_path):
@@ -93,6 +95,11 @@ def test_an_unfinished_run_and_an_untimed_architecture_are_named(tmp_path):
     bench = bench_report(tmp_path / "bench.json", {"ADADAD": (1.0, 1.0)})
     with pytest.raises(ValueError, match=f"{bench} has no timing of DADDDD"):
         pareto.step_costs(bench, ["ADADAD", "DADDDD"])
+    report = json.loads((tmp_path / "bench.json").read_text())
+    report["results"] *= 2  # Two precisions' timings of the same architecture.
+    (tmp_path / "bench.json").write_text(json.dumps(report))
+    with pytest.raises(ValueError, match="times ADADAD more than once: bench one --precision"):
+        pareto.step_costs(bench, ["ADADAD"])
     with pytest.raises(ValueError, match="names no run directory"):
         pareto.run_directories([str(tmp_path / "missing*")])
 
