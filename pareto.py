@@ -7,8 +7,8 @@ Each positional argument names stage-2 run directories (a glob). They are groupe
 run must share every setting but the seed, so that the seeds measure the spread of one recipe. Each
 architecture's validation and test score is the mean and sample standard deviation over its runs, in
 word perplexity (bits per character on character data). Its cost is the bench report's train and eval
-step time per token. An architecture is marked as searched when a search in --searches derived it (the
-argmax of the last pi record), so the mark comes from the searches' records, never from a list by hand.
+step time per token. An architecture is marked as searched when a search in --searches derived it (its
+results.json, or the argmax of its last pi record while it runs), so the mark comes from the searches' records, never from a list by hand.
 Prints the table in Markdown, with each architecture's ratio to --baseline, and draws the chart: score
 against train time per token and against inference time per token, error bars over seeds.
 """
@@ -92,13 +92,19 @@ def stage2_scores(directories):
 
 
 def searched_architectures(patterns):
-    """{architecture: [search directories that derived it]} from each search's last pi record."""
+    """{architecture: [search directories that derived it]}: each search's own final derivation (results.json),
+    or where it has not finished, the argmax of its last pi record."""
     derived = {}
     for directory in run_directories(patterns):
-        history = Run(directory).read_pi_history()
-        if not history:
-            raise ValueError(f"{Run(directory).pi_history_path} is empty: {directory} is not a search.")
-        derived.setdefault(derived_architecture(history[-1]["pi"]), []).append(directory)
+        run = Run(directory)
+        if run.results_path.is_file() and "derived_architecture" in (results := read_json(run.results_path)):
+            architecture = results["derived_architecture"]
+        elif history := run.pi_history_or_empty():
+            architecture = derived_architecture(history[-1]["pi"])
+        else:
+            raise ValueError(f"{directory} has neither a derived architecture in results.json nor a pi history: "
+                             "it is not a search.")
+        derived.setdefault(architecture, []).append(directory)
     return derived
 
 

@@ -72,12 +72,19 @@ def test_rows_give_costs_per_token_and_savings_against_the_baseline(tmp_path):
                                                  "ADADAD")
 
 
-def test_searched_architectures_come_from_each_searchs_last_pi_record(tmp_path):
+def test_searched_architectures_come_from_each_searchs_results_or_its_last_pi_record(tmp_path):
     search_run(tmp_path / "s0", [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
     search_run(tmp_path / "s1", [[0.5, 0.4, 0.1], [0.3, 0.6, 0.1], [0.2, 0.3, 0.5]])
     search_run(tmp_path / "s2", [[0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    # A finished search's own derivation, from pi after its last step, wins over its last logged record.
+    search_run(tmp_path / "s3", [[0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    Run(tmp_path / "s3").results_path.write_text(json.dumps(dict(derived_architecture="ADD")))
     derived = pareto.searched_architectures([str(tmp_path / "s*")])
-    assert derived == {"ADI": [str(tmp_path / "s0"), str(tmp_path / "s1")], "DDI": [str(tmp_path / "s2")]}
+    assert derived == {"ADI": [str(tmp_path / "s0"), str(tmp_path / "s1")], "DDI": [str(tmp_path / "s2")],
+                       "ADD": [str(tmp_path / "s3")]}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty has neither a derived architecture in results.json nor a pi history"):
+        pareto.searched_architectures([str(tmp_path / "empty")])
 
 
 def test_runs_of_different_recipes_are_refused_naming_the_field_and_both_runs(tmp_path):
