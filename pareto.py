@@ -166,6 +166,7 @@ def draw(rows, score, eval_mem_len, title):
             color = "tab:red" if r["searched"] else "tab:blue"
             axes.errorbar(r[key], r["valid"], yerr=r["valid_std"], fmt="o", color=color, capsize=3)
             axes.annotate(r["architecture"], (r[key], r["valid"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        axes.margins(x=0.15, y=0.1)  # Room for the labels of the outermost points.
         axes.set_xlabel(f"{label}: µs per token (bench.py)")
         axes.grid(alpha=0.3)
     panels[0].set_ylabel("validation " + ("bits per character" if score == "bits_per_character" else "word perplexity")
