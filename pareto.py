@@ -12,20 +12,18 @@ results.json, or the argmax of its last pi record while it runs), so the mark co
 Prints the table in Markdown, with each architecture's ratio to --baseline, and draws the chart: score
 against train time per token and against inference time per token, error bars over seeds.
 """
+from plot_arch import png_bytes  # First: it keeps TensorFlow's lines off the console and makes matplotlib headless.
+
 import glob
-import io
 import statistics
 import sys
 
-import matplotlib
+import matplotlib.pyplot as plt
+from absl import app, flags
 
-matplotlib.use("Agg")  # Headless: files only, no window.
-import matplotlib.pyplot as plt  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from config import define_verbose_flag, derived_architecture  # noqa: E402
-from reliability import read_json, write_whole  # noqa: E402
-from runs import Run, read_record  # noqa: E402
+from config import define_verbose_flag, derived_architecture
+from reliability import read_json, write_whole
+from runs import Run, read_record
 
 SEED_FREE = ("seed",)  # The only setting that may differ between the runs of one table.
 
@@ -67,7 +65,7 @@ def score_name(results):
 
 
 def stage2_scores(directories):
-    """{architecture: {"valid": [...], "test": [...], "runs": [...]}}, and the score's name.
+    """{architecture: {"valid": [...], "test": [...]}}, and the score's name.
 
     Refuses runs whose recipes differ (naming the field and both runs), and runs without results.json.
     """
@@ -84,10 +82,9 @@ def stage2_scores(directories):
             raise ValueError(f"{run.results_path} is missing: {directory} has not finished.")
         results = read_json(run.results_path)
         name = name or score_name(results)
-        group = groups.setdefault(record["model"]["architecture"], dict(valid=[], test=[], runs=[]))
+        group = groups.setdefault(record["model"]["architecture"], dict(valid=[], test=[]))
         group["valid"].append(results[f"valid_{name}"])
         group["test"].append(results[f"test_{name}"])
-        group["runs"].append(directory)
     return groups, name
 
 
@@ -175,11 +172,7 @@ def draw(rows, score, eval_mem_len, title):
     panels[0].plot([], [], "o", color="tab:blue", label="chosen by hand")
     panels[0].legend(fontsize=8)
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 def main(argv):

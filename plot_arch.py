@@ -43,6 +43,11 @@ def render_pi(pi, title):
     axes.set_xticks(range(len(CANDIDATE_NAMES)), CANDIDATE_NAMES)
     axes.set_yticks(range(len(pi)), [f"block {i}" for i in range(len(pi))])
     axes.set_title(title, fontsize=9)
+    return png_bytes(figure)
+
+
+def png_bytes(figure):
+    """The figure, laid out, as PNG bytes; closed, so that drawing many keeps no memory."""
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
@@ -107,11 +112,7 @@ def plot_trajectories(run_dirs, output, max_step=0):
         axes[block, 0].set_ylabel(f"block {block}", fontsize=8)
     axes[0, 0].set_ylim(0, 1)  # Shared by every panel.
     axes[0, -1].legend(fontsize=7, loc="upper right")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    write_whole(output, buffer.getvalue())
+    write_whole(output, png_bytes(figure))
 
 
 def main(argv):
