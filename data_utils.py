@@ -503,14 +503,6 @@ class Tokenizer:
         self._to_sentencepiece_id = tf.constant(np.argsort(rank), tf.int32)
         self.vocab_size = len(rank)
 
-    @classmethod
-    def load(cls, data_dir):
-        metadata = load_metadata(data_dir)
-        if "model_file" not in metadata["tokenizer"]:
-            raise DataError(f"{data_dir}: a character dataset, which has no SentencePiece tokenizer to load.")
-        proto = (pathlib.Path(data_dir) / metadata["tokenizer"]["model_file"]).read_bytes()
-        return cls(proto, metadata["tokenizer"]["id_rank"])
-
     def encode_sentencepiece(self, lines):
         """[N] strings -> ragged [N, (pieces + 1)] SentencePiece ids, each row ending with end-of-line."""
         pieces = self._sentencepiece.tokenize(lines)
@@ -527,6 +519,43 @@ class Tokenizer:
         line_of_id = tf.cumsum(tf.cast(tf.equal(ids, EOL_ID), tf.int32), exclusive=True)
         lines = tf.RaggedTensor.from_value_rowids(ids, line_of_id)  # End-of-line is a control piece: not printed.
         return tf.strings.reduce_join(self._sentencepiece.detokenize(lines), separator="\n")
+
+
+class CharacterTokenizer:
+    """A character dataset's bytes <-> ids (character_ranking), with Tokenizer's encode and decode; eager only."""
+
+    def __init__(self, id_of_byte):
+        self._id_of_byte = np.asarray(id_of_byte, np.int32)
+        self._byte_of_id = np.zeros(self._id_of_byte.max() + 1, np.uint8)
+        known = np.flatnonzero(self._id_of_byte >= 0)
+        self._byte_of_id[self._id_of_byte[known]] = known
+        self._byte_of_id[EOL_ID] = ord("\n")
+        self.vocab_size = len(self._byte_of_id)
+
+    def encode(self, lines):
+        """[N] strings -> ragged [N, (bytes + 1)] ids; a byte outside the dataset's alphabet is a DataError."""
+        rows = []
+        for line in lines.numpy():
+            ids = self._id_of_byte[np.frombuffer(line, np.uint8)]
+            if (ids < 0).any():
+                unknown = sorted(set(line[i] for i in np.flatnonzero(ids < 0)))
+                raise DataError(f"{line.decode(errors='replace')!r}: bytes outside the dataset's alphabet "
+                                f"({', '.join(f'0x{byte:02x}' for byte in unknown)}).")
+            rows.append([*ids.tolist(), EOL_ID])
+        return tf.ragged.constant(rows, tf.int32)
+
+    def decode(self, ids):
+        """Ids [T] -> one string of their bytes, end-of-line as a line break (padding as nothing)."""
+        ids = np.asarray(ids)
+        return tf.constant(self._byte_of_id[ids[ids != PAD_ID]].tobytes())
+
+
+def load_tokenizer(data_dir):
+    """The tokenizer of the dataset (or export) in data_dir: SentencePiece's, or a character dataset's byte map."""
+    tokenizer = load_metadata(data_dir)["tokenizer"]
+    if "id_of_byte" in tokenizer:
+        return CharacterTokenizer(tokenizer["id_of_byte"])
+    return Tokenizer((pathlib.Path(data_dir) / tokenizer["model_file"]).read_bytes(), tokenizer["id_rank"])
 
 
 def character_ranking(alphabet, train_counts):

@@ -15,7 +15,7 @@ from absl import app, flags
 
 import checkpoints
 import data_utils
-from config import TOKENIZER_FILE, define_verbose_flag
+from config import METADATA_FILE, define_verbose_flag
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("prompt", "", "Text to continue (lowercased if the tokenizer lowercases).")
@@ -60,16 +60,16 @@ def main(argv):
     quiet_tensorflow.hide_info_logs(FLAGS.verbose)
     with checkpoints.load_errors_in_one_line("generate.py", argv[1]):
         model, record = checkpoints.load_model(argv[1], mem_len=FLAGS.mem_len)
-        if (pathlib.Path(argv[1]) / TOKENIZER_FILE).is_file():  # An export carries its tokenizer.
-            tokenizer = data_utils.Tokenizer.load(argv[1])
+        if (pathlib.Path(argv[1]) / METADATA_FILE).is_file():  # An export carries its tokenizer.
+            tokenizer = data_utils.load_tokenizer(argv[1])
         else:  # The training data's, unless that has been rebuilt with other settings since.
             data_utils.check_data_matches_model(record["data_dir"], record)
-            tokenizer = data_utils.Tokenizer.load(record["data_dir"])
+            tokenizer = data_utils.load_tokenizer(record["data_dir"])
     # An empty prompt starts a new line, as after any line of the corpus.
     prompt = tokenizer.encode(tf.constant([FLAGS.prompt])).flat_values.numpy().tolist()
     prompt = prompt[:-1] if FLAGS.prompt else prompt  # Continue the prompt's line rather than ending it.
     ids = sample(model, prompt, FLAGS.length, FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.seed)
-    print(tokenizer.decode(tf.constant(prompt + ids)).numpy().decode())
+    print(tokenizer.decode(tf.constant(prompt + ids)).numpy().decode(errors="replace"))  # Sampled bytes need not be UTF-8.
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""generate.py: sampling keeps the top-k and the nucleus; data rebuilt otherwise, a damaged export and bad flags
-each fail with one line."""
+"""generate.py: sampling keeps the top-k and the nucleus; a character dataset's bytes round-trip; data rebuilt
+otherwise, a damaged export and bad flags each fail with one line."""
+import dataclasses
 import shutil
 
 import numpy as np
 import pytest
 
+import build_data
+import data_utils
 import generate
+import tensorflow as tf
 from config import TOKENIZER_FILE
 from conftest import build_small_dataset, error_line, make_run, run_script, write_corpus
 
@@ -38,3 +42,33 @@ def test_top_p_zero_is_refused_naming_the_flag():
     result = run_script("generate.py", "logs/base/export", "--top_p=0")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "--top_p=0.0: must be in (0, 1]" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def character_run(tmp_path_factory):
+    """A run of untrained weights on a small text8-like dataset (alphabet: a-z and space)."""
+    root = tmp_path_factory.mktemp("characters")
+    corpus = dataclasses.replace(data_utils.TEXT8, split_bytes=dict(train=1200, valid=200, test=200))
+    (root / "text8").write_bytes(b" ".join(np.random.default_rng(0).choice([b"the", b"cat", b"sat", b"on"], 600))[:1600])
+    data_dir = root / "records"
+    build_data.build_dataset(data_dir, data_utils.corpus_spans(corpus, root), alphabet=corpus.alphabet,
+                             batch_size=4, seq_len=8, source_name="text8")
+    return make_run(root, data_dir)
+
+
+def test_a_character_tokenizer_round_trips_bytes_and_names_those_outside_its_alphabet(character_run):
+    tokenizer = data_utils.load_tokenizer(character_run.export_dir)
+    ids = tokenizer.encode(tf.constant([b"the cat", b""])).flat_values.numpy()
+    assert len(ids) == 9 and ids[7] == ids[8] == data_utils.EOL_ID  # 7 bytes, then each line's end.
+    id_of_byte = data_utils.load_metadata(character_run.export_dir)["tokenizer"]["id_of_byte"]  # As the records hold them.
+    assert ids[:7].tolist() == [id_of_byte[byte] for byte in b"the cat"]
+    assert tokenizer.decode(tf.constant(ids)).numpy() == b"the cat\n\n"
+    with pytest.raises(data_utils.DataError, match="bytes outside the dataset's alphabet \\(0x2e, 0x54\\)"):
+        tokenizer.encode(tf.constant([b"The cat."]))
+
+
+def test_generate_continues_a_prompt_in_a_character_dataset_alphabet(character_run):
+    result = run_script("generate.py", character_run.export_dir, "--prompt=the ca", "--length=30")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.rstrip("\n")
+    assert text.startswith("the ca") and len(text) >= 6 and set(text) <= set("abcdefghijklmnopqrstuvwxyz \n")
