@@ -8,6 +8,7 @@ previous ones, as Transformer-XL evaluates: context reaches back mem_len positio
 import quiet_tensorflow  # (first: keeps TensorFlow's start-up lines off the console)
 
 import pathlib
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -66,7 +67,10 @@ def main(argv):
             data_utils.check_data_matches_model(record["data_dir"], record)
             tokenizer = data_utils.load_tokenizer(record["data_dir"])
     # An empty prompt starts a new line, as after any line of the corpus.
-    prompt = tokenizer.encode(tf.constant([FLAGS.prompt])).flat_values.numpy().tolist()
+    try:
+        prompt = tokenizer.encode(tf.constant([FLAGS.prompt])).flat_values.numpy().tolist()
+    except data_utils.DataError as error:  # A character outside a character dataset's alphabet.
+        sys.exit(f"generate.py: error: --prompt: {error}")
     prompt = prompt[:-1] if FLAGS.prompt else prompt  # Continue the prompt's line rather than ending it.
     ids = sample(model, prompt, FLAGS.length, FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.seed)
     print(tokenizer.decode(tf.constant(prompt + ids)).numpy().decode(errors="replace"))  # Sampled bytes need not be UTF-8.

@@ -67,8 +67,11 @@ def test_a_character_tokenizer_round_trips_bytes_and_names_those_outside_its_alp
         tokenizer.encode(tf.constant([b"The cat."]))
 
 
-def test_generate_continues_a_prompt_in_a_character_dataset_alphabet(character_run):
+def test_generate_continues_a_prompt_in_a_character_datasets_alphabet_and_names_bytes_outside_it(character_run):
     result = run_script("generate.py", character_run.export_dir, "--prompt=the ca", "--length=30")
     assert result.returncode == 0, result.stderr
     text = result.stdout.rstrip("\n")
     assert text.startswith("the ca") and len(text) >= 6 and set(text) <= set("abcdefghijklmnopqrstuvwxyz \n")
+    refused = run_script("generate.py", character_run.export_dir, "--prompt=The cat.")
+    assert error_line(refused, "generate.py") == ("generate.py: error: --prompt: 'The cat.': bytes outside the dataset's "
+                                                  "alphabet (0x2e, 0x54).")
