@@ -214,6 +214,7 @@ def test_stop_signals_are_recorded_never_raised_and_then_ignored(signal_handlers
 
 
 def test_stop_signals_without_a_stop_or_disabled_leave_the_handlers_as_they_were(signal_handlers):
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # As in the foreground; a background job starts ignoring it.
     with reliability.StopSignals():
         assert signal.getsignal(signal.SIGINT) != signal.default_int_handler
     assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
