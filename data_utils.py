@@ -536,11 +536,11 @@ class CharacterTokenizer:
         """[N] strings -> ragged [N, (bytes + 1)] ids; a byte outside the dataset's alphabet is a DataError."""
         rows = []
         for line in lines.numpy():
-            ids = self._id_of_byte[np.frombuffer(line, np.uint8)]
+            line_bytes = np.frombuffer(line, np.uint8)
+            ids = self._id_of_byte[line_bytes]
             if (ids < 0).any():
-                unknown = sorted(set(line[i] for i in np.flatnonzero(ids < 0)))
                 raise DataError(f"{line.decode(errors='replace')!r}: bytes outside the dataset's alphabet "
-                                f"({', '.join(f'0x{byte:02x}' for byte in unknown)}).")
+                                f"({', '.join(f'0x{byte:02x}' for byte in np.unique(line_bytes[ids < 0]))}).")
             rows.append([*ids.tolist(), EOL_ID])
         return tf.ragged.constant(rows, tf.int32)
 

@@ -59,6 +59,22 @@ def build_small_dataset(output_dir, corpus, **settings):
     return output_dir
 
 
+def build_small_character_dataset(root):
+    """A text8-like dataset of 6 short words (text8's alphabet: a-z and space) in root/records; returns its
+    directory and metadata."""
+    import dataclasses
+
+    import build_data
+    import data_utils
+
+    corpus = dataclasses.replace(data_utils.TEXT8, split_bytes=dict(train=1200, valid=200, test=200))
+    words = [b"the", b"of", b"and", b"a", b"cat", b"sat"]
+    (root / "text8").write_bytes(b" ".join(np.random.default_rng(0).choice(words, 600))[:1600])
+    metadata = build_data.build_dataset(root / "records", data_utils.corpus_spans(corpus, root), alphabet=corpus.alphabet,
+                                        batch_size=4, seq_len=8, source_name="text8")
+    return root / "records", metadata
+
+
 def make_run(root, data_dir):
     """A run directory on `data_dir` with its config.json, a checkpoint ckpt-1 and an export of untrained weights."""
     import tensorflow as tf

@@ -19,7 +19,7 @@ import pytest
 import build_data
 import data_utils
 import train
-from conftest import SHARED_WIKITEXT2, TINY_MODEL, error_line, run_script, write_corpus
+from conftest import SHARED_WIKITEXT2, TINY_MODEL, build_small_character_dataset, error_line, run_script, write_corpus
 from config import UNIGRAM_FILE, ModelConfig, RunOptions, TrainConfig
 
 def run_build(*args):
@@ -428,13 +428,7 @@ def test_default_wikitext2_build_matches_published_counts(tmp_path):
 
 @pytest.mark.slow
 def test_a_character_dataset_trains_end_to_end_and_reports_bits_per_character(tmp_path):
-    corpus = dataclasses.replace(data_utils.TEXT8, split_bytes=dict(train=1200, valid=200, test=200))
-    words = [b"the", b"of", b"and", b"a", b"cat", b"sat"]
-    rng = np.random.default_rng(0)
-    (tmp_path / "text8").write_bytes(b" ".join(rng.choice(words, 600))[:1600])
-    data_dir = tmp_path / "records"
-    metadata = build_data.build_dataset(data_dir, data_utils.corpus_spans(corpus, tmp_path), alphabet=corpus.alphabet,
-                                        batch_size=4, seq_len=8, source_name="text8")
+    data_dir, metadata = build_small_character_dataset(tmp_path)
     assert metadata["vocab_size"] == 29  # Padding, end-of-line and the 27 symbols.
     model_config = ModelConfig(vocab_size=29, cutoffs=(), **TINY_MODEL)
     results = train.train_and_evaluate(model_config, TrainConfig(epochs=1, warmup_steps=5), data_dir,

@@ -1,17 +1,15 @@
 """generate.py: sampling keeps the top-k and the nucleus; a character dataset's bytes round-trip; data rebuilt
 otherwise, a damaged export and bad flags each fail with one line."""
-import dataclasses
 import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-import build_data
 import data_utils
 import generate
-import tensorflow as tf
 from config import TOKENIZER_FILE
-from conftest import build_small_dataset, error_line, make_run, run_script, write_corpus
+from conftest import build_small_character_dataset, build_small_dataset, error_line, make_run, run_script, write_corpus
 
 
 def test_filter_log_probs_keeps_top_k_and_the_nucleus():
@@ -48,12 +46,7 @@ def test_top_p_zero_is_refused_naming_the_flag():
 def character_run(tmp_path_factory):
     """A run of untrained weights on a small text8-like dataset (alphabet: a-z and space)."""
     root = tmp_path_factory.mktemp("characters")
-    corpus = dataclasses.replace(data_utils.TEXT8, split_bytes=dict(train=1200, valid=200, test=200))
-    (root / "text8").write_bytes(b" ".join(np.random.default_rng(0).choice([b"the", b"cat", b"sat", b"on"], 600))[:1600])
-    data_dir = root / "records"
-    build_data.build_dataset(data_dir, data_utils.corpus_spans(corpus, root), alphabet=corpus.alphabet,
-                             batch_size=4, seq_len=8, source_name="text8")
-    return make_run(root, data_dir)
+    return make_run(root, build_small_character_dataset(root)[0])
 
 
 def test_a_character_tokenizer_round_trips_bytes_and_names_those_outside_its_alphabet(character_run):
