@@ -106,8 +106,8 @@ def searched_architectures(patterns):
 
 
 def mean_and_std(values):
-    """The mean and the sample standard deviation (0 for one value: no spread is measured)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    """The mean and the sample standard deviation (None for one value: no spread is measured)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def step_costs(bench_path, architectures):
@@ -143,14 +143,19 @@ def table_rows(groups, costs, searched, baseline):
     return sorted(rows, key=lambda row: row["valid"])
 
 
+def with_spread(mean, std, digits):
+    """"mean ± std", or the mean alone where one seed measured no spread."""
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
 def markdown(rows, score, eval_mem_len, baseline):
     unit, digits = ("bits/char", 3) if score == "bits_per_character" else ("word ppl", 1)
     lines = [f"| architecture | searches that derived it | seeds | valid {unit} | test {unit} | valid vs {baseline} "
              f"| train µs/token | train saving | inference µs/token (memory {eval_mem_len}) | inference saving |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| `{r['architecture']}` | {r['searched']} | {r['seeds']} | {r['valid']:.{digits}f} ± {r['valid_std']:.{digits}f} "
-                     f"| {r['test']:.{digits}f} ± {r['test_std']:.{digits}f} | {100 * r['valid_change']:+.1f}% | {r['train']:.1f} "
+        lines.append(f"| `{r['architecture']}` | {r['searched']} | {r['seeds']} | {with_spread(r['valid'], r['valid_std'], digits)} "
+                     f"| {with_spread(r['test'], r['test_std'], digits)} | {100 * r['valid_change']:+.1f}% | {r['train']:.1f} "
                      f"| {100 * r['train_saving']:.0f}% | {r['inference']:.1f} | {100 * r['inference_saving']:.0f}% |")
     return "\n".join(lines)
 
@@ -159,10 +164,12 @@ def draw(rows, score, eval_mem_len, title):
     """PNG bytes: the score against train and against inference time per token, searched points in red."""
     figure, panels = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100, sharey=True)
     for axes, key, label in ((panels[0], "train", "train step"), (panels[1], "inference", f"inference, memory {eval_mem_len}")):
-        for r in rows:
+        for rank, r in enumerate(rows):
             color = "tab:red" if r["searched"] else "tab:blue"
             axes.errorbar(r[key], r["valid"], yerr=r["valid_std"], fmt="o", color=color, capsize=3)
-            axes.annotate(r["architecture"], (r[key], r["valid"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            # Rows come in order of score: neighbours' labels alternate above and below, so near ties stay legible.
+            axes.annotate(r["architecture"], (r[key], r["valid"]), textcoords="offset points",
+                          xytext=(5, 4 if rank % 2 == 0 else -11), fontsize=8)
         axes.margins(x=0.15, y=0.1)  # Room for the labels of the outermost points.
         axes.set_xlabel(f"{label}: µs per token (bench.py)")
         axes.grid(alpha=0.3)

@@ -50,7 +50,7 @@ def test_seeds_are_grouped_by_architecture_with_the_sample_standard_deviation(tm
     # Sample standard deviations: sqrt(((-2)^2 + 0 + 2^2) / 2) = 2, sqrt((1 + 4 + 1) / 2) = sqrt(3).
     assert pareto.mean_and_std(groups["ADADAD"]["valid"]) == pytest.approx((102.0, 2.0))
     assert pareto.mean_and_std(groups["ADADAD"]["test"]) == pytest.approx((91.0, 3 ** 0.5))
-    assert pareto.mean_and_std([101.0]) == (101.0, 0.0)
+    assert pareto.mean_and_std([101.0]) == (101.0, None)
 
 
 def test_rows_give_costs_per_token_and_savings_against_the_baseline(tmp_path):
@@ -67,7 +67,7 @@ def test_rows_give_costs_per_token_and_savings_against_the_baseline(tmp_path):
     assert searched["valid_change"] == pytest.approx(101.0 / 102.0 - 1)
     assert searched["train_saving"] == pytest.approx(0.25) and searched["inference_saving"] == pytest.approx(0.75)
     table = pareto.markdown(rows, "word_perplexity", eval_mem_len, "ADADAD")
-    assert "| `AADDII` | 2 | 1 | 101.0 ± 0.0 | 91.0 ± 0.0 | -1.0% | 1500.0 | 25% | 250.0 | 75% |" in table
+    assert "| `AADDII` | 2 | 1 | 101.0 | 91.0 | -1.0% | 1500.0 | 25% | 250.0 | 75% |" in table
     assert "| 1.250 ± 0.000 |" in pareto.markdown([dict(rows[0], valid=1.25, valid_std=0.0)], "bits_per_character", 640,
                                                  "ADADAD")
 
@@ -113,7 +113,7 @@ def test_an_unfinished_run_and_an_untimed_architecture_are_named(tmp_path):
 
 def test_the_chart_is_a_png_with_both_panels(tmp_path):
     rows = [dict(architecture="ADADAD", searched=0, valid=102.0, valid_std=2.0, train=2000.0, inference=1000.0),
-            dict(architecture="AADDII", searched=1, valid=101.0, valid_std=0.0, train=1500.0, inference=250.0)]
+            dict(architecture="AADDII", searched=1, valid=101.0, valid_std=None, train=1500.0, inference=250.0)]
     path = tmp_path / "pareto.png"
     path.write_bytes(pareto.draw(rows, "word_perplexity", 640, "T=128"))
     with Image.open(path) as image:
