@@ -138,6 +138,27 @@ def test_fixed_architectures_build_only_the_named_blocks():
     assert count_parameters(mixed)["attention"] * 3 == count_parameters(supernet)["attention"]
 
 
+def training_loss_and_gradients(architecture):
+    keras.utils.set_random_seed(3)
+    model = tiny_model(architecture=architecture, dropout_rate=0.2)
+    below_the_softmax = [v for v in model.trainable_variables if "adaptive_softmax" not in v.path]
+    with tf.GradientTape() as tape:
+        hidden, _ = model(random_tokens((2, 5)), model.initial_memory(2), training=True)
+        loss = tf.reduce_sum(hidden ** 2)
+    return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, below_the_softmax)]
+
+
+def test_an_identity_block_is_skipped_so_only_the_order_of_computing_blocks_defines_a_network():
+    """ADIDDD and AIDDDD are one network: the same weights, dropout masks, loss and gradients from one seed."""
+    loss, gradients = training_loss_and_gradients("ADIDDD")
+    moved_loss, moved_gradients = training_loss_and_gradients("AIDDDD")
+    assert float(loss) == float(moved_loss)
+    for gradient, moved in zip(gradients, moved_gradients, strict=True):
+        np.testing.assert_array_equal(gradient, moved)
+    other_loss, _ = training_loss_and_gradients("DADDDD")  # Computing blocks reordered: another network.
+    assert float(other_loss) != float(loss)
+
+
 def copy_choices_into_fixed_model(supernet, choices):
     """A fixed model whose blocks are the supernet's chosen candidates, with the same weights."""
     fixed = tiny_model(architecture=choices, dropout_rate=0.0)
