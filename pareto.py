@@ -160,17 +160,31 @@ def markdown(rows, score, eval_mem_len, baseline):
     return "\n".join(lines)
 
 
-def draw(rows, score, eval_mem_len, title):
-    """PNG bytes: the score against train and against inference time per token, searched points in red."""
+def placed(row, ymax):
+    """(height, label, on the axis) of a row's point: one scoring above ymax sits on the top edge, its label
+    giving its score, so that one outlier does not squeeze the others into a line."""
+    if ymax is None or row["valid"] <= ymax:
+        return row["valid"], row["architecture"], True
+    return ymax, f"{row['architecture']} ({row['valid']:.1f}, off the axis)", False
+
+
+def draw(rows, score, eval_mem_len, title, ymax=None):
+    """PNG bytes: the score against train and against inference time per token, searched points in red;
+    scores above ymax are drawn as triangles on the top edge."""
     figure, panels = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100, sharey=True)
     for axes, key, label in ((panels[0], "train", "train step"), (panels[1], "inference", f"inference, memory {eval_mem_len}")):
         for rank, r in enumerate(rows):
             color = "tab:red" if r["searched"] else "tab:blue"
-            axes.errorbar(r[key], r["valid"], yerr=r["valid_std"], fmt="o", color=color, capsize=3)
+            height, name, on_axis = placed(r, ymax)
+            axes.errorbar(r[key], height, yerr=r["valid_std"] if on_axis else None, fmt="o" if on_axis else "^",
+                          color=color, capsize=3)
             # Rows come in order of score: neighbours' labels alternate above and below, so near ties stay legible.
-            axes.annotate(r["architecture"], (r[key], r["valid"]), textcoords="offset points",
-                          xytext=(5, 4 if rank % 2 == 0 else -11), fontsize=8)
+            axes.annotate(name, (r[key], height), textcoords="offset points",
+                          xytext=(5, 4 if rank % 2 == 0 and on_axis else -11), fontsize=8)
         axes.margins(x=0.15, y=0.1)  # Room for the labels of the outermost points.
+        if ymax is not None:
+            bottom = axes.get_ylim()[0]
+            axes.set_ylim(bottom, ymax + 0.05 * (ymax - bottom))
         axes.set_xlabel(f"{label}: µs per token (bench.py)")
         axes.grid(alpha=0.3)
     panels[0].set_ylabel("validation " + ("bits per character" if score == "bits_per_character" else "word perplexity")
@@ -197,7 +211,7 @@ def main(argv):
         retrained = "" if architecture in groups else " (no stage-2 run of it given)"
         print(f"{architecture} derived by {', '.join(directories)}{retrained}")
     if FLAGS.output:
-        write_whole(FLAGS.output, draw(rows, score, eval_mem_len, FLAGS.title))
+        write_whole(FLAGS.output, draw(rows, score, eval_mem_len, FLAGS.title, FLAGS.ymax))
         print(f"Wrote {FLAGS.output}.")
 
 
@@ -208,5 +222,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("baseline", "ADADAD", "The architecture that savings and perplexity changes are relative to.")
     flags.DEFINE_string("output", None, "Where to write the chart (PNG); unset: the table only.")
     flags.DEFINE_string("title", "", "The chart's title.")
+    flags.DEFINE_float("ymax", None, "Top of the chart's score axis; a point above it is drawn on the top edge with its "
+                       "score in its label. Unset: every point fits.")
     define_verbose_flag()
     app.run(main)

@@ -120,6 +120,18 @@ def test_the_chart_is_a_png_with_both_panels(tmp_path):
         assert image.format == "PNG" and image.size == (1000, 420)
 
 
+def test_a_score_above_ymax_is_drawn_on_the_top_edge_with_its_score_in_the_label(tmp_path):
+    inside = dict(architecture="ADADAD", searched=0, valid=102.0, valid_std=2.0, train=2000.0, inference=1000.0)
+    outlier = dict(architecture="DIIDDD", searched=1, valid=408.2, valid_std=0.5, train=900.0, inference=200.0)
+    assert pareto.placed(inside, None) == (102.0, "ADADAD", True)
+    assert pareto.placed(inside, 250.0) == (102.0, "ADADAD", True)
+    assert pareto.placed(outlier, 250.0) == (250.0, "DIIDDD (408.2, off the axis)", False)
+    path = tmp_path / "pareto.png"
+    path.write_bytes(pareto.draw([inside, outlier], "word_perplexity", 640, "T=128", ymax=250.0))
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+
+
 def test_the_script_prints_the_table_writes_the_chart_and_names_a_missing_baseline(tmp_path):
     for seed in (0, 1):
         stage2_run(tmp_path / "runs" / f"ADADAD_s{seed}", "ADADAD", seed, 100.0 + seed, 90.0)
