@@ -9,8 +9,9 @@ architecture's validation and test score is the mean and sample standard deviati
 word perplexity (bits per character on character data). Its cost is the bench report's train and eval
 step time per token. An architecture is marked as searched when a search in --searches derived it (its
 results.json, or the argmax of its last pi record while it runs), so the mark comes from the searches' records, never from a list by hand.
-Prints the table in Markdown, with each architecture's ratio to --baseline, and draws the chart: score
-against train time per token and against inference time per token, error bars over seeds.
+Prints the table in Markdown, with each architecture's ratio to --baseline, names the architectures that are one
+network (they differ only in where identity blocks sit), and draws the chart: score against train time per token
+and against inference time per token, error bars over seeds.
 """
 from plot_arch import png_bytes  # First: it keeps TensorFlow's lines off the console and makes matplotlib headless.
 
@@ -103,6 +104,15 @@ def searched_architectures(patterns):
                              "it is not a search.")
         derived.setdefault(architecture, []).append(directory)
     return derived
+
+
+def same_networks(architectures):
+    """{computing blocks: [architectures]} for each two or more that differ only in where identity blocks sit: an
+    identity block is skipped, so they are one network, and with one seed they train alike."""
+    groups = {}
+    for architecture in sorted(set(architectures)):
+        groups.setdefault(architecture.replace("I", ""), []).append(architecture)
+    return {blocks: group for blocks, group in groups.items() if len(group) > 1}
 
 
 def mean_and_std(values):
@@ -210,6 +220,8 @@ def main(argv):
     for architecture, directories in sorted(searched.items()):
         retrained = "" if architecture in groups else " (no stage-2 run of it given)"
         print(f"{architecture} derived by {', '.join(directories)}{retrained}")
+    for blocks, group in same_networks(list(groups) + list(searched)).items():
+        print(f"{' and '.join(group)} are one network, {blocks}: identity blocks are skipped.")
     if FLAGS.output:
         write_whole(FLAGS.output, draw(rows, score, eval_mem_len, FLAGS.title, FLAGS.ymax))
         print(f"Wrote {FLAGS.output}.")

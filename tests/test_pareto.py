@@ -120,6 +120,11 @@ def test_the_chart_is_a_png_with_both_panels(tmp_path):
         assert image.format == "PNG" and image.size == (1000, 420)
 
 
+def test_architectures_that_differ_only_in_where_identity_blocks_sit_are_one_network():
+    assert pareto.same_networks(["ADIDDD", "AIDDDD", "ADDDDD", "AIIIII", "ADIDDD"]) == {"ADDDD": ["ADIDDD", "AIDDDD"]}
+    assert pareto.same_networks(["ADADAD", "DADADA", "IIAIID", "AIIDII"]) == {"AD": ["AIIDII", "IIAIID"]}
+
+
 def test_a_score_above_ymax_is_drawn_on_the_top_edge_with_its_score_in_the_label(tmp_path):
     inside = dict(architecture="ADADAD", searched=0, valid=102.0, valid_std=2.0, train=2000.0, inference=1000.0)
     outlier = dict(architecture="DIIDDD", searched=1, valid=408.2, valid_std=0.5, train=900.0, inference=200.0)
