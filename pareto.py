@@ -20,6 +20,7 @@ import statistics
 import sys
 
 import matplotlib.pyplot as plt
+from matplotlib.transforms import Bbox
 from absl import app, flags
 
 from config import define_verbose_flag, derived_architecture
@@ -178,19 +179,46 @@ def placed(row, ymax):
     return ymax, f"{row['architecture']} ({row['valid']:.1f}, off the axis)", False
 
 
-def draw(rows, score, eval_mem_len, title, ymax=None):
-    """PNG bytes: the score against train and against inference time per token, searched points in red;
+# Where a label may sit, in points from its point: right of it, then left (right-aligned), nearest first.
+LABEL_OFFSETS = ((5, 4), (5, -11), (-5, 4), (-5, -11), (5, 14), (5, -21), (-5, 14), (-5, -21), (5, 24), (5, -31))
+MARKER_RADIUS = 4  # points: a label may not cover another point's marker.
+
+
+def place_labels(axes, labels):
+    """Moves each label (annotations, best score first) to the first offset where it stays inside the axes and
+    covers no label placed before it and no point, so that near ties stay legible; where none is free, the first."""
+    renderer = axes.figure.canvas.get_renderer()
+    inside = axes.get_window_extent(renderer)
+    radius = MARKER_RADIUS * axes.figure.dpi / 72
+    taken = [Bbox.from_bounds(x - radius, y - radius, 2 * radius, 2 * radius)
+             for x, y in axes.transData.transform([label.xy for label in labels])]
+    for label in labels:
+        for dx, dy in LABEL_OFFSETS + LABEL_OFFSETS[:1]:
+            label.set_position((dx, dy))
+            label.set_horizontalalignment("left" if dx > 0 else "right")
+            box = label.get_window_extent(renderer)
+            if inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1) and \
+                    not any(box.overlaps(other) for other in taken):
+                break
+        taken.append(box)
+
+
+def chart(rows, score, eval_mem_len, title, ymax=None):
+    """The figure: the score against train and against inference time per token, searched points in red;
     scores above ymax are drawn as triangles on the top edge."""
     figure, panels = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100, sharey=True)
+    labels = {}
     for axes, key, label in ((panels[0], "train", "train step"), (panels[1], "inference", f"inference, memory {eval_mem_len}")):
-        for rank, r in enumerate(rows):
+        labels[axes] = []
+        for r in rows:
             color = "tab:red" if r["searched"] else "tab:blue"
             height, name, on_axis = placed(r, ymax)
             axes.errorbar(r[key], height, yerr=r["valid_std"] if on_axis else None, fmt="o" if on_axis else "^",
                           color=color, capsize=3)
-            # Rows come in order of score: neighbours' labels alternate above and below, so near ties stay legible.
-            axes.annotate(name, (r[key], height), textcoords="offset points",
-                          xytext=(5, 4 if rank % 2 == 0 and on_axis else -11), fontsize=8)
+            annotation = axes.annotate(name, (r[key], height), xytext=LABEL_OFFSETS[0], textcoords="offset points",
+                                       fontsize=8)
+            annotation.set_in_layout(False)  # Placed after the layout, so that the layout cannot move them onto each other.
+            labels[axes].append(annotation)
         axes.margins(x=0.15, y=0.1)  # Room for the labels of the outermost points.
         if ymax is not None:
             bottom = axes.get_ylim()[0]
@@ -203,7 +231,15 @@ def draw(rows, score, eval_mem_len, title, ymax=None):
     panels[0].plot([], [], "o", color="tab:blue", label="chosen by hand")
     panels[0].legend(fontsize=8)
     figure.suptitle(title, fontsize=10)
-    return png_bytes(figure)
+    figure.tight_layout()
+    for axes, annotations in labels.items():
+        place_labels(axes, annotations)
+    return figure
+
+
+def draw(rows, score, eval_mem_len, title, ymax=None):
+    """The chart as PNG bytes."""
+    return png_bytes(chart(rows, score, eval_mem_len, title, ymax))
 
 
 def main(argv):

@@ -120,6 +120,31 @@ def test_the_chart_is_a_png_with_both_panels(tmp_path):
         assert image.format == "PNG" and image.size == (1000, 420)
 
 
+def test_labels_of_near_ties_overlap_neither_each_other_nor_a_point_nor_the_axes_edge():
+    # The T = 128 table's points, which the alternating labels drew on top of each other.
+    points = dict(ADADAD=(189.3, 327.2, 257.9), AADDDD=(192.2, 290.9, 210.3), ADADII=(192.2, 220.8, 188.5),
+                  ADADDD=(193.1, 289.8, 215.3), ADIDDD=(204.7, 226.6, 130.2), AIDDDD=(204.7, 212.9, 129.6),
+                  AIDIDD=(205.9, 189.5, 122.8), ADDDDD=(206.5, 252.0, 143.7), AIIDID=(206.7, 152.1, 103.5),
+                  AIIIII=(231.6, 89.7, 79.9), DIIDDD=(408.2, 158.1, 60.4))
+    rows = [dict(architecture=a, searched=a not in ("ADADAD", "ADADII"), valid=v, valid_std=0.5, train=t, inference=i)
+            for a, (v, t, i) in points.items()]
+    figure = pareto.chart(rows, "word_perplexity", 640, "T=128", ymax=250.0)
+    figure.tight_layout()  # As png_bytes lays it out again before saving.
+    renderer = figure.canvas.get_renderer()
+    for axes in figure.axes:
+        boxes = [text.get_window_extent(renderer) for text in axes.texts]
+        assert len(boxes) == len(rows)
+        frame = axes.get_window_extent(renderer)
+        for box in boxes:
+            assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        for first in range(len(boxes)):
+            for second in range(first + 1, len(boxes)):
+                assert not boxes[first].overlaps(boxes[second]), (axes.texts[first].get_text(), axes.texts[second].get_text())
+        for text, box in zip(axes.texts, boxes):
+            for x, y in axes.transData.transform([other.xy for other in axes.texts if other is not text]):
+                assert not box.contains(x, y), (text.get_text(), x, y)
+
+
 def test_architectures_that_differ_only_in_where_identity_blocks_sit_are_one_network():
     assert pareto.same_networks(["ADIDDD", "AIDDDD", "ADDDDD", "AIIIII", "ADIDDD"]) == {"ADDDD": ["ADIDDD", "AIDDDD"]}
     assert pareto.same_networks(["ADADAD", "DADADA", "IIAIID", "AIIDII"]) == {"AD": ["AIIDII", "IIAIID"]}
