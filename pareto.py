@@ -180,25 +180,30 @@ def placed(row, ymax):
 
 
 # Where a label may sit, in points from its point: right of it, then left (right-aligned), nearest first.
-LABEL_OFFSETS = ((5, 4), (5, -11), (-5, 4), (-5, -11), (5, 14), (5, -21), (-5, 14), (-5, -21), (5, 24), (5, -31))
+LABEL_OFFSETS = tuple((dx, dy) for up, down in ((4, -11), (14, -21), (24, -31), (34, -41))
+                      for dx in (5, -5) for dy in (up, down))
 MARKER_RADIUS = 4  # points: a label may not cover another point's marker.
+LABEL_GAP = 3  # points kept clear between two labels, so that neighbours do not read as one word.
 
 
 def place_labels(axes, labels):
     """Moves each label (annotations, best score first) to the first offset where it stays inside the axes and
-    covers no label placed before it and no point, so that near ties stay legible; where none is free, the first."""
+    covers no label placed before it and no other point, so that near ties stay legible; where none is free, the first."""
     renderer = axes.figure.canvas.get_renderer()
     inside = axes.get_window_extent(renderer)
     radius = MARKER_RADIUS * axes.figure.dpi / 72
-    taken = [Bbox.from_bounds(x - radius, y - radius, 2 * radius, 2 * radius)
-             for x, y in axes.transData.transform([label.xy for label in labels])]
-    for label in labels:
+    markers = [Bbox.from_bounds(x - radius, y - radius, 2 * radius, 2 * radius)
+               for x, y in axes.transData.transform([label.xy for label in labels])]
+    gap = LABEL_GAP * axes.figure.dpi / 72
+    taken = []
+    for index, label in enumerate(labels):
         for dx, dy in LABEL_OFFSETS + LABEL_OFFSETS[:1]:
             label.set_position((dx, dy))
             label.set_horizontalalignment("left" if dx > 0 else "right")
             box = label.get_window_extent(renderer)
             if inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1) and \
-                    not any(box.overlaps(other) for other in taken):
+                    not any(box.padded(gap).overlaps(other) for other in taken) and \
+                    not any(box.overlaps(marker) for other, marker in enumerate(markers) if other != index):
                 break
         taken.append(box)
 
