@@ -201,8 +201,9 @@ def place_labels(axes, labels):
             label.set_position((dx, dy))
             label.set_horizontalalignment("left" if dx > 0 else "right")
             box = label.get_window_extent(renderer)
+            with_gap = box.padded(gap)
             if inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1) and \
-                    not any(box.padded(gap).overlaps(other) for other in taken) and \
+                    not any(with_gap.overlaps(other) for other in taken) and \
                     not any(box.overlaps(marker) for other, marker in enumerate(markers) if other != index):
                 break
         taken.append(box)
@@ -212,18 +213,15 @@ def chart(rows, score, eval_mem_len, title, ymax=None):
     """The figure: the score against train and against inference time per token, searched points in red;
     scores above ymax are drawn as triangles on the top edge."""
     figure, panels = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100, sharey=True)
-    labels = {}
     for axes, key, label in ((panels[0], "train", "train step"), (panels[1], "inference", f"inference, memory {eval_mem_len}")):
-        labels[axes] = []
         for r in rows:
             color = "tab:red" if r["searched"] else "tab:blue"
             height, name, on_axis = placed(r, ymax)
             axes.errorbar(r[key], height, yerr=r["valid_std"] if on_axis else None, fmt="o" if on_axis else "^",
                           color=color, capsize=3)
-            annotation = axes.annotate(name, (r[key], height), xytext=LABEL_OFFSETS[0], textcoords="offset points",
-                                       fontsize=8)
-            annotation.set_in_layout(False)  # Placed after the layout, so that the layout cannot move them onto each other.
-            labels[axes].append(annotation)
+            # Out of the layout: placed after it, so that the layout cannot move them onto each other.
+            axes.annotate(name, (r[key], height), xytext=LABEL_OFFSETS[0], textcoords="offset points", fontsize=8,
+                          in_layout=False)
         axes.margins(x=0.15, y=0.1)  # Room for the labels of the outermost points.
         if ymax is not None:
             bottom = axes.get_ylim()[0]
@@ -237,8 +235,8 @@ def chart(rows, score, eval_mem_len, title, ymax=None):
     panels[0].legend(fontsize=8)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    for axes, annotations in labels.items():
-        place_labels(axes, annotations)
+    for axes in panels:
+        place_labels(axes, axes.texts)  # The labels, in the rows' order: best score first.
     return figure
 
 
