@@ -15,7 +15,8 @@ The JSON report's provenance names what was measured: the commit (and whether tr
 from it), the UTC date, the device, the CPU model and its bfloat16 instructions, TensorFlow's version
 and the precisions timed, with the flag that chose them and what --precision=auto picks here and why.
 
---architectures takes fixed architectures (ADADAD) and the search modes, SuperNets timed the same way:
+--architectures takes fixed architectures (ADADAD, or par4 for --par_ratio=4 at --num_layers, which --par_ratio=4
+also adds) and the search modes, SuperNets timed the same way:
   supernet             today's search step: every candidate of every block runs, mixed by Gumbel-softmax
   single_path          --single_path (GDAS): each block runs only its sampled candidate in training
   heldout              --arch_holdout=F (F = the flag's value, or 0.2 where it is 0): one timed call is
@@ -45,6 +46,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import resource
 import subprocess
 import sys
@@ -61,7 +63,7 @@ import data_utils
 import devices
 import evaluate
 import train
-from config import CANDIDATES, TrainConfig, configs_from_flags
+from config import CANDIDATES, TrainConfig, configs_from_flags, par_architecture
 from costs import flops_per_token, tail_shares
 
 
@@ -141,9 +143,12 @@ SEARCH_MODE_NAMES = tuple(search_modes(0.0))
 
 
 def run_configs(names, model_config, train_config):
-    """{name in --architectures: (ModelConfig, TrainConfig)}: a search mode's SuperNet, or a fixed architecture."""
+    """{name: (ModelConfig, TrainConfig)} for each of --architectures: a search mode's SuperNet, or a fixed
+    architecture, given as its string or as par<P> (config.par_architecture of --num_layers, named by its string)."""
     modes, configs = search_modes(train_config.arch_holdout), {}
     for name in names:
+        if re.fullmatch(r"par[0-9.]+", name):
+            name = par_architecture(model_config.num_layers, float(name[3:]))
         if name in modes:
             model_changes, train_changes = modes[name]
             configs[name] = (dataclasses.replace(model_config, architecture=None, **model_changes),
@@ -151,8 +156,8 @@ def run_configs(names, model_config, train_config):
         elif name and not set(name) - set(CANDIDATES):
             configs[name] = (dataclasses.replace(model_config, architecture=name), train_config)
         else:
-            raise ValueError(f"--architectures: {name!r} is neither a search mode ({', '.join(modes)}) nor a "
-                             f"fixed architecture, a string of A (attention), D (dense) and I (identity).")
+            raise ValueError(f"--architectures: {name!r} is neither a search mode ({', '.join(modes)}) nor a fixed "
+                             f"architecture, a string of A (attention), D (dense) and I (identity), or par<P> (--par_ratio=P).")
     return configs
 
 
@@ -307,12 +312,13 @@ def provenance(precisions, chosen_by):
 def main(argv):
     flag_values = FLAGS
     vocab_size, batch_size, seq_len = flag_values.vocab_size, flag_values.batch_size, flag_values.seq_len
-    model_config, train_config, run_options = configs_from_flags(flag_values, vocab_size)
-    eval_mem_len = model_config.mem_len if flag_values.eval_mem_len is None else flag_values.eval_mem_len
+    names = flag_values.architectures + ([f"par{flag_values.par_ratio:g}"] if flag_values.par_ratio is not None else [])
     try:
-        configs = run_configs(flag_values.architectures, model_config, train_config)
+        model_config, train_config, run_options = configs_from_flags(flag_values, vocab_size)
+        configs = run_configs(names, model_config, train_config)
     except ValueError as error:
         sys.exit(f"bench.py: error: {error}")
+    eval_mem_len = model_config.mem_len if flag_values.eval_mem_len is None else flag_values.eval_mem_len
     devices.set_intra_op_threads(run_options.intra_op_threads)  # Before any TensorFlow op.
     if flag_values["precision"].present:
         precision, reason = devices.resolve_precision(train_config.precision, run_options.strategy)

@@ -10,6 +10,7 @@ module imports no TensorFlow, so that scripts that only need these names start i
 """
 import dataclasses
 import inspect
+import math
 import re
 import sys
 import typing
@@ -62,6 +63,28 @@ def check_cutoffs(cutoffs, vocab_size):
             raise ValueError(f"cutoffs={given}: {cutoff} is not strictly between {previous} and "
                              f"vocab_size={vocab_size}; give strictly increasing ids, without the vocab size.")
     return cutoffs
+
+
+def par_architecture(num_layers, par_ratio):
+    """The PAR paper's layout without a search: round(num_layers / par_ratio) attention blocks (half up, at
+    least one), spread evenly over the first two thirds of the stack from block 0, dense blocks elsewhere.
+
+    par_architecture(12, 4) -> "ADADDADDDDDD": 3 attention blocks at 0, 2 and 5, below block 8.
+    """
+    if not par_ratio > 0:
+        raise ValueError(f"--par_ratio={par_ratio}: must be positive (blocks per attention block, e.g. 5).")
+    attention = max(1, math.floor(num_layers / par_ratio + 0.5))
+    first_two_thirds = (2 * num_layers + 2) // 3  # Blocks whose index is below 2 * num_layers / 3.
+    if attention > first_two_thirds:
+        raise ValueError(f"--par_ratio={par_ratio}: {attention} attention blocks do not fit the first two thirds "
+                         f"({first_two_thirds} blocks) of --num_layers={num_layers}; use a ratio of at least 1.5.")
+    positions = {i * first_two_thirds // attention for i in range(attention)}
+    return "".join("A" if block in positions else "D" for block in range(num_layers))
+
+
+# The options that only a SuperNet's search reads, which a fixed architecture would silently ignore.
+SUPERNET_ONLY = ("gumbel_per_example", "straight_through", "single_path", "arch_lr", "arch_schedule", "arch_freeze_steps",
+                 "arch_holdout", "cost_weight", "cost_source", "cost_table", "cost_mem_len", "tau_start", "tau_end")
 
 
 def derived_architecture(pi):
@@ -254,6 +277,10 @@ def define_flags(flag_values=None):
     flags.DEFINE_string("model_name", "base", "Name of the run (its directory under --logdir).", flag_values=flag_values,
                         module_name=SCRIPT)
     define_dataclass_flags(ModelConfig, flag_values, skip=("vocab_size",))
+    flags.DEFINE_float("par_ratio", None, "Fixes the architecture by the PAR paper's rules instead of a search: "
+                       "round(num_layers / par_ratio) attention blocks spread over the first two thirds of the stack, "
+                       "dense blocks elsewhere (config.par_architecture); config.json records the string, as "
+                       "--architecture would.", flag_values=flag_values, module_name=SCRIPT)
     define_dataclass_flags(TrainConfig, flag_values)
     define_dataclass_flags(RunOptions, flag_values)
     return flag_values
@@ -271,6 +298,18 @@ def define_verbose_flag(flag_values=None):
     return flag_values
 
 
+def architecture_from_flags(flag_values):
+    """--architecture, or the string --par_ratio gives for --num_layers; the latter refused beside the former or
+    beside an option only a search reads."""
+    if flag_values.par_ratio is None:
+        return flag_values.architecture or None
+    given = [name for name in ("architecture",) + SUPERNET_ONLY if flag_values[name].present]
+    if given:
+        raise ValueError(f"--par_ratio fixes the architecture, so it cannot take --{', --'.join(given)}.")
+    return par_architecture(flag_values.num_layers, flag_values.par_ratio)
+
+
 def configs_from_flags(flag_values, vocab_size):
-    return (dataclass_from_flags(ModelConfig, flag_values, vocab_size=vocab_size),
-            dataclass_from_flags(TrainConfig, flag_values), dataclass_from_flags(RunOptions, flag_values))
+    model_config = dataclass_from_flags(ModelConfig, flag_values, vocab_size=vocab_size,
+                                        architecture=architecture_from_flags(flag_values))
+    return model_config, dataclass_from_flags(TrainConfig, flag_values), dataclass_from_flags(RunOptions, flag_values)

@@ -97,6 +97,13 @@ def test_search_modes_are_supernets_with_their_options_and_other_names_fixed_arc
         bench.run_configs(["singlepath"], model_config, TrainConfig())
 
 
+def test_par_names_are_the_par_ratio_architectures_at_the_depth_named_by_their_strings():
+    model_config = ModelConfig(vocab_size=64, cutoffs=(8,), **dict(TINY_MODEL, num_layers=12))
+    configs = bench.run_configs(["par4", "par6", "ADADADADADAD"], model_config, TrainConfig())
+    assert {name: config.architecture for name, (config, _) in configs.items()} == {
+        "ADADDADDDDDD": "ADADDADDDDDD", "ADDDADDDDDDD": "ADDDADDDDDDD", "ADADADADADAD": "ADADADADADAD"}
+
+
 def result(architecture, train_ms, eval_ms, precision="float32"):
     return dict(architecture=architecture, precision=precision, train_ms_per_step=train_ms, eval_ms_per_step=eval_ms)
 

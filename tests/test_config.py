@@ -1,13 +1,16 @@
 """config.py: every setting refused by name when bad, the flags made from the dataclasses, and the architecture string."""
 import dataclasses
+import math
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from config import (CANDIDATE_NAMES, CANDIDATES, CHOICES, ModelConfig, RunOptions, TrainConfig, configs_from_flags,
-                    define_flags, define_verbose_flag, derived_architecture, field_comments)
+from config import (CANDIDATE_NAMES, CANDIDATES, CHOICES, SUPERNET_ONLY, ModelConfig, RunOptions, TrainConfig,
+                    configs_from_flags, define_flags, define_verbose_flag, derived_architecture, field_comments,
+                    par_architecture)
 from conftest import REPO_ROOT
 
 TINY = dict(vocab_size=50, cutoffs=(20, 35))
@@ -106,3 +109,55 @@ def test_derived_architecture_reads_the_argmax_of_each_block():
 def test_candidate_names_are_the_architecture_letters_spelt_out():
     assert CANDIDATE_NAMES == ("attention", "dense", "identity")  # TensorBoard's pi/block_i/<name> tags.
     assert "".join(name[0].upper() for name in CANDIDATE_NAMES) == CANDIDATES
+
+
+@pytest.mark.parametrize("num_layers, par_ratio, expected", [
+    (6, 5, "ADDDDD"),  # round(1.2) = 1 attention block, at block 0.
+    (6, 2, "AAADDD"),  # 3 attention blocks fill 3 of the first 4 (indices below 4).
+    (12, 4, "ADADDADDDDDD"),  # 3 over the first 8: at 0, 8/3 and 16/3 rounded down.
+    (12, 6, "ADDDADDDDDDD"),  # 2 over the first 8: at 0 and 4.
+    (24, 8, "ADDDDADDDDADDDDDDDDDDDDD"),  # 3 over the first 16: at 0, 5 and 10.
+    (32, 5, "ADDADDDADDDADDADDDADDDDDDDDDDDDD"),  # round(6.4) = 6 over the first 22 (22 > 64/3 > 21).
+    (10, 4, "ADADADDDDD"),  # 2.5 rounds half up to 3, over the first 7 (7 > 20/3 > 6): at 0, 2 and 4.
+])
+def test_par_architecture_worked_by_hand(num_layers, par_ratio, expected):
+    assert par_architecture(num_layers, par_ratio) == expected
+
+
+@pytest.mark.parametrize("par_ratio", [1.5, 2, 3, 4, 5, 6, 8])
+def test_par_architecture_keeps_both_rules_at_every_depth(par_ratio):
+    for num_layers in range(1, 49):
+        architecture = par_architecture(num_layers, par_ratio)
+        attention = [block for block, kind in enumerate(architecture) if kind == "A"]
+        assert len(architecture) == num_layers and set(architecture) <= set("AD")
+        assert len(attention) == max(1, math.floor(num_layers / par_ratio + 0.5)), (num_layers, architecture)
+        assert attention[0] == 0 and 3 * attention[-1] < 2 * num_layers, (num_layers, architecture)  # Rule 1.
+        gaps = np.diff(attention + [attention[0] + (2 * num_layers + 2) // 3])  # Evenly: the gaps differ by at most 1.
+        assert gaps.max() - gaps.min() <= 1, (num_layers, architecture)
+
+
+@pytest.mark.parametrize("par_ratio", [0, -2, 1])
+def test_par_architecture_refuses_a_ratio_that_breaks_the_rules(par_ratio):
+    with pytest.raises(ValueError, match=f"--par_ratio={par_ratio}"):
+        par_architecture(12, par_ratio)
+
+
+def test_par_ratio_flag_gives_the_architecture_and_config_records_the_string():
+    from absl import flags
+
+    flag_values = define_flags(flags.FlagValues())
+    flag_values(["train.py", "--num_layers=12", "--par_ratio=4"])
+    model, _, _ = configs_from_flags(flag_values, vocab_size=12000)
+    assert model == ModelConfig(vocab_size=12000, architecture="ADADDADDDDDD")  # As --architecture=ADADDADDDDDD gives.
+
+
+@pytest.mark.parametrize("other", ["--architecture=ADAD"] + [f"--{name}" if name in ("gumbel_per_example",
+                                   "straight_through", "single_path") else f"--{name}={CHOICES.get(name, ['1'])[0]}"
+                                   for name in SUPERNET_ONLY])
+def test_par_ratio_is_refused_beside_the_architecture_or_a_search_option(other):
+    from absl import flags
+
+    flag_values = define_flags(flags.FlagValues())
+    flag_values(["train.py", "--par_ratio=4", other])
+    with pytest.raises(ValueError, match=f"^--par_ratio fixes the architecture, so it cannot take {other.split('=')[0]}.$"):
+        configs_from_flags(flag_values, vocab_size=300)
