@@ -365,7 +365,7 @@ class StochasticBlock(keras.layers.Layer):
         if training and self.single_path:
             return self.sampled_candidate(x, memory, valid_length, tau)
         weights = tf.cast(self.choice_weights(shape_list(x)[0], tau, training), self.compute_dtype)
-        if self.gumbel_per_example:
+        if self.gumbel_per_example and training:  # Evaluation mixes with pi, one [3] for every example.
             weights = weights[:, None, None, :]  # [B, 1, 1, 3]
         outputs = [candidate(x, memory, valid_length, training=training) for candidate in self.candidates]
         return sum(weights[..., i] * output for i, output in enumerate(outputs))

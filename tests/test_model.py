@@ -210,8 +210,9 @@ def candidates():
     return [AttentionBlock(2, 8), DenseBlock(16, 32), IdentityBlock()]
 
 
-def test_stochastic_block_mixes_its_candidates_with_pi():
-    block = StochasticBlock(candidates())
+@pytest.mark.parametrize("per_example", [False, True])
+def test_stochastic_block_mixes_its_candidates_with_pi(per_example):
+    block = StochasticBlock(candidates(), gumbel_per_example=per_example)  # Per-example sampling is for training only.
     x, memory, valid_length = block_inputs()
     block.build(x.shape)
     block.arch_logits.assign([1.0, -0.5, 0.2])
