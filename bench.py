@@ -189,25 +189,25 @@ def evaluation_run(model, batches, batch_size, eval_mem_len, precision, jit_comp
     return evaluate_once, model
 
 
-def step_runs(model_config, train_config, data_dir, batch_size, strategy, shares, eval_mem_len, candidate_costs=None):
+def step_runs(model_config, train_config, data_dir, batch_size, seq_len, strategy, shares, eval_mem_len):
     """(train, eval, weight steps per train call): callables that each run real steps on the next batches and
     wait for them. A train call is one training step, or for a SuperNet with arch_holdout k of them and one
     held-out step (weight_steps_per_heldout_step), so that its time over k is the cost of a weight step.
 
     shares: each adaptive softmax tail's share of tokens, which sizes its rows in an XLA step, as in train.py.
-    eval_mem_len: the eval step's memory length (evaluation_run). candidate_costs: for a --cost_weight.
+    eval_mem_len: the eval step's memory length (evaluation_run). A SuperNet's search takes 1,000 batches an epoch.
     """
-    trainer = train.Trainer(model_config, train_config, steps_per_epoch=1000, batch_size=batch_size, strategy=strategy,
-                            tail_shares=shares, candidate_costs=candidate_costs)
+    trainer = train.make_trainer(model_config, train_config, 1000, batch_size, seq_len, strategy, shares)
     batches = iter(data_utils.make_dataset(data_dir, "train").repeat())
     evaluate_once, _ = evaluation_run(trainer.model, batches, batch_size, eval_mem_len, train_config.precision,
                                       devices.use_xla(train_config.jit_compile))
-    weight_steps = weight_steps_per_heldout_step(train_config.arch_holdout) if trainer.holdout else 1
+    heldout = trainer.search is not None and trainer.search.heldout_batches > 0
+    weight_steps = weight_steps_per_heldout_step(train_config.arch_holdout) if heldout else 1
 
     def train_once():
         for _ in range(weight_steps):
             loss = trainer.train_step(*next(batches))
-        if trainer.holdout:
+        if heldout:
             loss = trainer.heldout_step(*next(batches))
         loss.numpy()
 
@@ -347,9 +347,8 @@ def main(argv):
                                                      report["parallel_matmuls"])
             for name, (config, name_train_config) in configs.items():
                 name_train_config = dataclasses.replace(name_train_config, precision=precision)
-                costs = train.candidate_costs(config, name_train_config, seq_len) if train_config.cost_weight else None
                 train_run, eval_run, weight_steps[name] = step_runs(config, name_train_config, data_dir, batch_size,
-                                                                    strategy, report["tail_shares"], eval_mem_len, costs)
+                                                                    seq_len, strategy, report["tail_shares"], eval_mem_len)
                 runs[(name, precision, "train")], runs[(name, precision, "eval")] = train_run, eval_run
         seconds = interleaved_median_seconds(runs, flag_values.steps, flag_values.warmup_steps_bench)
     for precision in precisions:

@@ -23,6 +23,9 @@ METADATA_FILE = "metadata.json"
 TOKENIZER_FILE = "spm.model"
 UNIGRAM_FILE = "unigram.txt"
 
+PAD_ID = 0  # Never a target: padding counts in neither the numerator nor the denominator.
+EOL_ID = 1  # Ends every line of text.
+
 CANDIDATES = "ADI"  # A stochastic block's candidates, in pi's column order: attention, dense, identity.
 CANDIDATE_NAMES = ("attention", "dense", "identity")  # The same, spelt out: figure labels and TensorBoard tags.
 

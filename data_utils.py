@@ -42,11 +42,9 @@ import tensorflow as tf
 from absl import logging
 
 import reliability
-from config import METADATA_FILE
+from config import EOL_ID, METADATA_FILE, PAD_ID
 
 SPLITS = ("train", "valid", "test")
-PAD_ID = 0  # Never a target: padding counts in neither the numerator nor the denominator.
-EOL_ID = 1  # Ends every line of text.
 
 # The default dataset, each of its defaults written only here (its folder and file names in config.py):
 # build_data.py's flags and build_dataset, and bench.py's synthetic data use these.

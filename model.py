@@ -23,9 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import data_utils
 from adaptive_softmax import AdaptiveSoftmax
-from config import CANDIDATES, CHOICES, ModelConfig, derived_architecture
+from config import CANDIDATES, CHOICES, PAD_ID, ModelConfig, derived_architecture
 from gumbel import gumbel_softmax
 
 def initializer():
@@ -433,7 +432,7 @@ class TransformerXL(keras.Model):
                            if config.pre_norm else None)
         self.output_dropout = Dropout(config.dropout_rate, dtype=self.dtype_policy)
         self.output_layer = AdaptiveSoftmax(config.vocab_size, config.cutoffs, config.proj_factor,
-                                            config.proj_dims, data_utils.PAD_ID,
+                                            config.proj_dims, PAD_ID,
                                             tied_embedding=self.embedding if config.tie_embeddings else None,
                                             dtype=self.dtype_policy)
 

@@ -15,7 +15,9 @@ model's checkpoints is checkpoints.py's.
 """
 import dataclasses
 import json
+import logging
 import pathlib
+import sys
 
 import reliability
 from reliability import read_json
@@ -148,3 +150,20 @@ class Run:
 
     def write_results(self, results):
         reliability.write_json(self.results_path, results, indent=1)
+
+
+def make_logger(run, to_file=True):
+    """Logs to the console and (if `to_file`) to the run's training_log.log."""
+    logger = logging.getLogger(f"train.{run.directory}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not logger.handlers:
+        console = logging.StreamHandler(sys.stdout)
+        # On a terminal the progress bar holds the current line: clear it, and the bar redraws below.
+        console.setFormatter(logging.Formatter(("\r\x1b[K" if sys.stdout.isatty() else "") + "%(asctime)s %(message)s"))
+        logger.addHandler(console)
+        if to_file:
+            file = reliability.LogFile(run.log_path)  # Stops at a full disk instead of a traceback a line.
+            file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            logger.addHandler(file)
+    return logger

@@ -13,7 +13,6 @@ import sys
 import time
 from unittest import mock
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -87,8 +86,8 @@ def test_paused_and_resumed_run_matches_uninterrupted_run(tmp_path, search, step
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(600) % 20, vocab_size=20, batch_size=2, seq_len=8)
-    trainer = train.Trainer(ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL), TrainConfig(epochs=1),
-                            steps_per_epoch=37, batch_size=2)
+    trainer = train.make_trainer(ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL), TrainConfig(epochs=1), 37,
+                                 batch_size=2, seq_len=8)
     manager = tf.train.CheckpointManager(trainer.checkpoint, tmp_path / "checkpoints", max_to_keep=3)
     batches = iter(data_utils.make_dataset(data_dir, "train"))
     trainer.train_step(*next(batches))
@@ -118,8 +117,8 @@ def test_bad_flags_fail_before_training_with_one_line(tmp_path):
 
 
 def test_a_diverging_finite_loss_stops_like_nan():
-    trainer = train.Trainer(ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL), TrainConfig(epochs=1),
-                            steps_per_epoch=5, batch_size=2)
+    trainer = train.make_trainer(ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL), TrainConfig(epochs=1), 5,
+                                 batch_size=2, seq_len=8)
     tokens = tf.constant(np.arange(16).reshape(2, 8) % 19 + 1, tf.int32)
     trainer.train_step(tokens, tokens)
     trainer.check_finite()  # About ln(20) = 3.0: a fresh model guesses uniformly.
@@ -188,9 +187,9 @@ def test_notebook_runs_headless_with_a_tiny_configuration(tmp_path):
 
 
 def interval_losses(data_dir, precision, steps):
-    trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(8, 16), **{**TINY_MODEL, "dropout_rate": 0.0}),
-                            TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=10, precision=precision),
-                            steps_per_epoch=steps, batch_size=4)
+    trainer = train.make_trainer(ModelConfig(vocab_size=30, cutoffs=(8, 16), **{**TINY_MODEL, "dropout_rate": 0.0}),
+                                 TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=10, precision=precision), steps,
+                                 batch_size=4, seq_len=8)
     losses = []
     for inputs, targets in data_utils.make_dataset(data_dir, "train").repeat().take(steps):
         losses.append(float(trainer.train_step(inputs, targets)))
@@ -199,9 +198,9 @@ def interval_losses(data_dir, precision, steps):
 
 def stream_losses(data_dir, steps, **trainer_options):
     """Training losses of the tiny model with cutoffs (8, 16), in float32 and without dropout."""
-    trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(8, 16), **{**TINY_MODEL, "dropout_rate": 0.0}),
-                            TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=2, precision="float32"),
-                            steps_per_epoch=steps, batch_size=4, **trainer_options)
+    trainer = train.make_trainer(ModelConfig(vocab_size=30, cutoffs=(8, 16), **{**TINY_MODEL, "dropout_rate": 0.0}),
+                                 TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=2, precision="float32"), steps,
+                                 batch_size=4, seq_len=8, **trainer_options)
     batches = list(data_utils.make_dataset(data_dir, "train").take(steps))
     losses = [float(trainer.train_step(inputs, targets)) for inputs, targets in batches]
     return np.array(losses), trainer.train_step.get_concrete_function(*batches[0])
@@ -253,8 +252,8 @@ model_config = ModelConfig(vocab_size=30, cutoffs=(8, 16), d_model=16, num_heads
 losses = {}
 for name in sys.argv[2:]:
     strategy = strategies[name]()
-    trainer = train.Trainer(model_config, TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=5, precision="float32"), 30, 4,
-                            strategy)
+    trainer = train.make_trainer(model_config, TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=5, precision="float32"),
+                                 30, 4, 8, strategy)
     losses[name + "_replicas"] = strategy.num_replicas_in_sync
     losses[name] = []
     for inputs, targets in data_utils.make_dataset(sys.argv[1], "train").take(30):
@@ -403,32 +402,12 @@ def test_multi_worker_train_py_writes_one_run_directory_and_resumes(tmp_path):
         "config.json", "metadata.json", "model.weights.h5"]
 
 
-def test_fused_adam_matches_keras_adam_with_schedule_and_clipping():
-    rng = np.random.default_rng(0)
-    initial = [rng.normal(size=(5, 3)).astype("float32"), rng.normal(size=(7,)).astype("float32")]
-    gradients = [[rng.normal(size=value.shape).astype("float32") for value in initial] for _ in range(6)]
-    gradients[2][0] = tf.IndexedSlices(tf.constant(gradients[2][0][:2]), tf.constant([0, 3]), tf.constant([5, 3]))
-    finals = {}
-    for optimizer_class in (keras.optimizers.Adam, train.FusedAdam):
-        variables = [keras.Variable(value) for value in initial]
-        schedule = keras.optimizers.schedules.CosineDecay(0.0, 10, warmup_target=0.1, warmup_steps=3)
-        optimizer = optimizer_class(schedule, global_clipnorm=1.0)
-        optimizer.build(variables)
-        step = tf.function(lambda grads: optimizer.apply(grads, variables))
-        for grads in gradients:
-            step(grads)
-        finals[optimizer_class] = [variable.numpy() for variable in variables]
-    for keras_value, fused_value, start in zip(*finals.values(), initial):
-        assert np.abs(keras_value - start).max() > 0.1  # The updates moved the weights ...
-        np.testing.assert_allclose(fused_value, keras_value, rtol=1e-5, atol=1e-5)  # ... alike.
-
-
 def test_the_first_step_uses_tau_start_and_the_last_tau_end(tmp_path):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(1, 30).repeat(4), vocab_size=30,
                                                batch_size=2, seq_len=8)
     config = TrainConfig(epochs=1, tau_start=1.0, tau_end=0.1)
     steps = data_utils.load_metadata(data_dir)["splits"]["train"]["batches"]
-    trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(), **TINY_MODEL), config, steps, batch_size=2)
+    trainer = train.make_trainer(ModelConfig(vocab_size=30, cutoffs=(), **TINY_MODEL), config, steps, 2, 8)
     used = []
     token_nll = trainer.model.token_nll
     trainer.model.token_nll = lambda *args, tau, **kwargs: used.append(float(tau)) or token_nll(*args, tau=tau, **kwargs)
@@ -438,33 +417,6 @@ def test_the_first_step_uses_tau_start_and_the_last_tau_end(tmp_path):
     np.testing.assert_allclose(used, expected, rtol=1e-6)
     assert used[0] == 1.0 and used[-1] == float(np.float32(0.1))
     assert [float(trainer.tau_of_step(k + 1)) for k in range(steps)] == used  # As logged.
-
-
-@pytest.mark.parametrize("arch_schedule, expected", [
-    ("constant", [1e-3, 1e-3, 1e-3, 1e-3, 1e-3]),
-    ("after_warmup", [0.0, 0.0, 0.0, 1e-3, 1e-3]),
-    ("weights", [0.0, 5e-4, 9e-4, 1e-3, 1e-3 * 0.5 * (1 + math.cos(math.pi * 40 / 90))]),  # Cosine over steps 10..100.
-])
-def test_arch_schedules_set_the_logits_learning_rate_at_steps_0_5_9_10_50(arch_schedule, expected):
-    config = TrainConfig(arch_lr=1e-3, warmup_steps=10, arch_schedule=arch_schedule)
-    schedule = train.arch_learning_rate_schedule(config, total_steps=100)
-    rates = [float(schedule(step)) if callable(schedule) else schedule for step in (0, 5, 9, 10, 50)]
-    np.testing.assert_allclose(rates, expected, rtol=1e-6, atol=1e-12)
-
-
-def test_after_warmup_the_logits_stay_put_during_warmup_while_the_weights_learn(tmp_path):
-    data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(1, 30).repeat(4), vocab_size=30,
-                                               batch_size=2, seq_len=8)
-    config = TrainConfig(warmup_steps=5, arch_schedule="after_warmup")
-    trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(), **TINY_MODEL), config, 10, batch_size=2)
-    logits, embedding = [v.numpy() for v in trainer.model.arch_variables], trainer.model.embedding.embeddings.numpy()
-    batches = list(data_utils.make_dataset(data_dir, "train").take(6))
-    for inputs, targets in batches[:5]:
-        trainer.train_step(inputs, targets)
-    assert all(np.array_equal(before, v.numpy()) for before, v in zip(logits, trainer.model.arch_variables))
-    assert not np.array_equal(embedding, trainer.model.embedding.embeddings.numpy())
-    trainer.train_step(*batches[5])  # Step 6, the first after the warmup.
-    assert not any(np.array_equal(before, v.numpy()) for before, v in zip(logits, trainer.model.arch_variables))
 
 
 def test_a_search_logs_its_auto_precision_epoch_time_and_derived_architecture(tmp_path):
@@ -572,62 +524,3 @@ def test_a_truncated_tfrecord_stops_training_with_one_line_and_keeps_the_checkpo
     assert error_line(result, "train.py").startswith(
         f"train.py: error: {record}: damaged at training step 19 (batch 19 of 37 does not read: truncated record")
     assert {path: path.read_bytes() for path in saved} == saved
-
-
-
-
-def search_trainer(**train_options):
-    model_config = ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL)
-    return train.Trainer(model_config, TrainConfig(epochs=1, warmup_steps=0, **train_options), steps_per_epoch=10,
-                         batch_size=2, candidate_costs=[4.0, 2.0, 0.0])
-
-
-def values(variables):
-    return [np.array(variable.numpy()) for variable in variables]
-
-
-def test_the_heldout_stream_moves_only_the_logits_and_the_training_stream_only_the_weights():
-    trainer = search_trainer(arch_holdout=0.2, arch_lr=0.05)
-    tokens = tf.constant(np.arange(16).reshape(2, 8) % 19 + 1, tf.int32)
-    model = trainer.model
-    weights, logits, heldout_memory = values(model.weight_variables), values(model.arch_variables), trainer.heldout_states.numpy()
-    trainer.train_step(tokens, tokens)
-    assert all(np.array_equal(a, b) for a, b in zip(values(model.arch_variables), logits))
-    assert not any(np.array_equal(a, b) for a, b in zip(values(model.weight_variables)[:1], weights[:1]))
-    assert np.array_equal(trainer.heldout_states.numpy(), heldout_memory)  # The held-out stream's memory is its own.
-    weights, train_memory = values(model.weight_variables), trainer.memory_states.numpy()
-    trainer.heldout_step(tokens, tokens)
-    assert all(np.array_equal(a, b) for a, b in zip(values(model.weight_variables), weights))
-    assert all(not np.array_equal(a, b) for a, b in zip(values(model.arch_variables), logits))
-    assert np.array_equal(trainer.memory_states.numpy(), train_memory)
-    assert not np.array_equal(trainer.heldout_states.numpy(), heldout_memory)
-
-
-def test_the_cost_terms_gradient_on_the_logits_is_the_analytic_one():
-    trainer = search_trainer(cost_weight=0.7)
-    rng = np.random.default_rng(0)
-    for logits in trainer.model.arch_variables:
-        logits.assign(rng.normal(size=3).astype(np.float32))
-    shares = np.array([4.0, 2.0, 0.0]) / (3 * 4.0)  # Three blocks, attention the costliest.
-    np.testing.assert_allclose(trainer.cost_shares, shares, rtol=1e-6)
-    with tf.GradientTape() as tape:
-        term = trainer.search_loss(tf.constant(0.0))
-    gradients = tape.gradient(term, trainer.model.arch_variables)
-    pi = trainer.model.arch_probabilities()
-    np.testing.assert_allclose(term, 0.7 * np.sum(pi * shares), rtol=1e-6)
-    for block_pi, gradient in zip(pi, gradients):  # d/dz_j sum_k pi_k c_k = pi_j (c_j - sum_k pi_k c_k).
-        np.testing.assert_allclose(gradient, 0.7 * block_pi * (shares - block_pi @ shares), rtol=1e-5, atol=1e-8)
-
-
-def test_a_freeze_holds_the_logits_learning_rate_at_zero_for_its_steps():
-    schedule = train.arch_learning_rate_schedule(TrainConfig(arch_freeze_steps=3, arch_lr=0.01), total_steps=10)
-    rates = [float(schedule(tf.constant(step, tf.int64))) for step in (0, 2, 3, 9)]
-    assert rates[:2] == [0.0, 0.0] and rates[2:] == pytest.approx([0.01, 0.01], rel=1e-6)
-    assert train.steps_frozen(TrainConfig(arch_schedule="after_warmup", warmup_steps=50, arch_freeze_steps=7)) == 50
-
-
-def test_the_heldout_batches_are_a_minority_of_an_epoch():
-    assert train.heldout_batches(100, 0.0) == 0 and train.heldout_batches(100, 0.2) == 20
-    assert train.heldout_batches(3, 0.01) == 1
-    with pytest.raises(ValueError, match="--arch_holdout=0.4: 1 of the 2 training batches"):
-        train.heldout_batches(2, 0.4)
