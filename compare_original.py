@@ -200,10 +200,14 @@ def main(argv):
     print(f"Wrote {FLAGS.output}")
 
 
-if __name__ == "__main__":
-    FLAGS = flags.FLAGS
+def define_flags():
     flags.DEFINE_integer("steps", 60, "Timed steps per median, for the original and for bench.py.")
     flags.DEFINE_string("venv", os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "par-original-venv"),
                         "The original's virtual environment; built there on the first run.")
     flags.DEFINE_string("output", "compare_original.json", "Where the JSON record goes.")
+    return flags.FLAGS
+
+
+if __name__ == "__main__":
+    FLAGS = define_flags()
     app.run(main)

@@ -266,8 +266,7 @@ def main(argv):
         print(f"Wrote {FLAGS.output}.")
 
 
-if __name__ == "__main__":
-    FLAGS = flags.FLAGS
+def define_flags():
     flags.DEFINE_string("bench", None, "bench.py JSON report timing every architecture of the table.", required=True)
     flags.DEFINE_list("searches", [], "Globs of search runs; the architectures they derived are marked.")
     flags.DEFINE_string("baseline", "ADADAD", "The architecture that savings and perplexity changes are relative to.")
@@ -275,5 +274,9 @@ if __name__ == "__main__":
     flags.DEFINE_string("title", "", "The chart's title.")
     flags.DEFINE_float("ymax", None, "Top of the chart's score axis; a point above it is drawn on the top edge with its "
                        "score in its label. Unset: every point fits.")
-    define_verbose_flag()
+    return define_verbose_flag()
+
+
+if __name__ == "__main__":
+    FLAGS = define_flags()
     app.run(main)

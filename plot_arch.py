@@ -131,11 +131,14 @@ def main(argv):
         sys.exit(f"plot_arch.py: error: {error}")
 
 
-if __name__ == "__main__":
-    FLAGS = flags.FLAGS
+def define_flags():
     flags.DEFINE_string("trajectories", None, "Write the runs' pi trajectories, side by side, to this PNG "
                         "instead of one run's pi.gif and pi.png.")
     flags.DEFINE_integer("max_step", 0, "With --trajectories: only the records up to this step (0: all), "
                          "to compare runs over the same budget.")
-    define_verbose_flag()
+    return define_verbose_flag()
+
+
+if __name__ == "__main__":
+    FLAGS = define_flags()
     app.run(main)

@@ -97,6 +97,7 @@ def make_run(root, data_dir):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    """A run of untrained weights on a small dataset: config, checkpoint and export (make_run)."""
+    """A run directory of a tiny model on a small dataset, as training leaves one (config, checkpoint and
+    export, by make_run), but with untrained weights: for the tests that read a run, not its scores."""
     root = tmp_path_factory.mktemp("trained")
     return make_run(root, build_small_dataset(root / "data", write_corpus(root / "corpus")))

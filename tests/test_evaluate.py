@@ -2,6 +2,7 @@
 evaluation step does not outlive its model; both validations in one pass score as each alone."""
 import gc
 import math
+import pathlib
 import shutil
 import weakref
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import checkpoints
 import data_utils
 import evaluate
 from config import ModelConfig
@@ -28,10 +30,22 @@ def test_data_tokenized_unlike_the_training_data_is_refused(trained_run, tmp_pat
         data_utils.check_data_matches_model(other, record)
 
 
-def test_data_laid_out_otherwise_is_accepted(trained_run, tmp_path):
-    """Batch size and segment length only arrange the ids: the model can score any arrangement."""
+def test_data_laid_out_otherwise_is_accepted_and_scored_whole(trained_run, tmp_path):
+    """Batch size and segment length only arrange the ids: the model scores any arrangement, every token once
+    but the first of each of the batch's rows, which has no context."""
+    record = trained_run.read_config()
+    own = pathlib.Path(record["data_dir"])
     other = build_small_dataset(tmp_path / "other", write_corpus(tmp_path / "corpus"), batch_size=2, seq_len=5)
-    data_utils.check_data_matches_model(other, trained_run.read_config())
+    data_utils.check_data_matches_model(other, record)  # Raises DataError if refused.
+    model, _ = checkpoints.load_model(trained_run.export_dir)
+    tokens = {}
+    for data_dir in (own, other):
+        metadata = data_utils.load_metadata(data_dir)
+        scores = evaluate.evaluate(model, data_utils.make_dataset(data_dir, "valid"), metadata["splits"]["valid"],
+                                   metadata["batch_size"], jit_compile="off")
+        assert math.isfinite(scores["loss"])
+        tokens[data_dir] = scores["tokens"] + metadata["batch_size"]
+    assert tokens[own] == tokens[other] > 4
 
 
 def test_evaluate_refuses_another_vocabulary_with_one_line(trained_run, tmp_path):

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from absl import flags
 
 import optimal_cuts
 from conftest import REPO_ROOT, error_line
@@ -52,9 +53,10 @@ def test_one_cluster_is_a_full_softmax_and_too_many_is_an_error():
 
 def test_flags_default_to_the_default_model_and_dataset():
     """The README's default SuperNet: d_model 128, tails 4 times narrower each, cutoffs 250,2500 (3 clusters)."""
-    defaults = {name: optimal_cuts.FLAGS[name].default for name in ("d_model", "proj_factor", "num_clusters")}
+    flag_values = optimal_cuts.define_flags(flags.FlagValues())
+    defaults = {name: flag_values[name].default for name in ("d_model", "proj_factor", "num_clusters")}
     assert defaults == dict(d_model=128, proj_factor=4, num_clusters=3)
-    assert optimal_cuts.FLAGS["unigram_file"].default == "data/tfrecords/unigram.txt"  # The default dataset's.
+    assert flag_values["unigram_file"].default == "data/tfrecords/unigram.txt"  # The default dataset's.
 
 
 def run_cli(*args):

@@ -118,6 +118,10 @@ def test_the_chart_is_a_png_with_both_panels(tmp_path):
     path.write_bytes(pareto.draw(rows, "word_perplexity", 640, "T=128"))
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size == (1000, 420)
+    train_panel, inference_panel = pareto.chart(rows, "word_perplexity", 640, "T=128").axes
+    for panel, key in ((train_panel, "train"), (inference_panel, "inference")):  # Each point at its own cost.
+        assert {text.get_text(): text.xy for text in panel.texts} == {r["architecture"]: (r[key], r["valid"]) for r in rows}
+    assert "train step" in train_panel.get_xlabel() and "inference, memory 640" in inference_panel.get_xlabel()
 
 
 def test_labels_of_near_ties_overlap_neither_each_other_nor_a_point_nor_the_axes_edge():
