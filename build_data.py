@@ -49,8 +49,8 @@ flags.DEFINE_boolean("lowercase", data_utils.DEFAULT_LOWERCASE,
                      "Lowercase the text before tokenizing, as the reference run did.")
 flags.DEFINE_enum("model_type", data_utils.DEFAULT_MODEL_TYPE, ["unigram", "bpe"], "SentencePiece model type.")
 flags.DEFINE_integer("tokenizer_sentences", data_utils.DEFAULT_TOKENIZER_SENTENCES,
-                     "SentencePiece trains on at most this many train lines, evenly spaced through it; it needs about "
-                     "15x their text in memory.", lower_bound=1)
+                     "SentencePiece trains on all train lines, or where more of them are non-empty, on this many of "
+                     "those drawn at random (seeded); it needs about 20x their text in memory.", lower_bound=1)
 flags.DEFINE_integer("batch_size", data_utils.DEFAULT_BATCH_SIZE, "Contiguous streams per batch.", lower_bound=1)
 flags.DEFINE_integer("seq_len", data_utils.DEFAULT_SEQ_LEN, "Tokens per segment.", lower_bound=1)
 flags.DEFINE_integer("shards", data_utils.DEFAULT_SHARDS,
@@ -71,7 +71,7 @@ def scan_splits(spans, expected_counts=None, alphabet=None):
                 logging.warning("%s: replaced %d invalid UTF-8 sequences with U+FFFD.", span.path, replaced)
             if expected_counts:
                 data_utils.check_counts(span.path, (counts["lines"], counts["words"]), expected_counts[split])
-            empty = counts.pop("blank")
+            empty = counts["non_empty_lines"] == 0
         else:
             byte_counts = data_utils.byte_counts(span)
             data_utils.check_alphabet(span, byte_counts, alphabet, split)
@@ -115,11 +115,20 @@ def up_to_date(output_dir, settings, overwrite):
     return False
 
 
-def tokenize_words(spans, directory, token_files, vocab_size, lowercase, model_type, sentences, num_lines):
-    """Trains SentencePiece on `sentences` of train's `num_lines` lines, ranks its ids by train frequency and writes each split's ranked ids
-    into token_files; returns (how often each ranked id occurs in train, the ranking)."""
+def tokenizer_lines(span, sample, non_empty_lines):
+    """The train lines SentencePiece trains on: all of them, or a `sample` (build settings' tokenizer_sample)
+    of its non_empty_lines."""
+    lines = data_utils.read_lines(span)
+    if sample is None:
+        return lines
+    non_empty = (line for line in lines if not data_utils.is_blank(line))
+    return data_utils.random_sample(non_empty, non_empty_lines, sample["lines"], sample["seed"])
+
+
+def tokenize_words(spans, directory, token_files, vocab_size, lowercase, model_type, lines):
+    """Trains SentencePiece on `lines` of train (tokenizer_lines), ranks its ids by train frequency and writes each
+    split's ranked ids into token_files; returns (how often each ranked id occurs in train, the ranking)."""
     model_path = pathlib.Path(directory) / TOKENIZER_FILE
-    lines = data_utils.evenly_spaced(data_utils.read_lines(spans["train"]), num_lines, sentences)
     data_utils.train_sentencepiece(lines, model_path, vocab_size, lowercase, model_type)
     proto = model_path.read_bytes()
     unranked = data_utils.Tokenizer(proto, np.arange(vocab_size))
@@ -170,8 +179,8 @@ def build_dataset(output_dir, sources, *, vocab_size=None, lowercase=data_utils.
         vocab_size = vocab_size or data_utils.DEFAULT_VOCAB_SIZE
         settings = dict(source=source_name, source_sha256=sha256s, vocab_size=vocab_size, lowercase=lowercase,
                         model_type=model_type, batch_size=batch_size, seq_len=seq_len, shards=shards)
-        if scans["train"]["lines"] > tokenizer_sentences:  # Only a sample trains the tokenizer.
-            settings["tokenizer_sentences"] = tokenizer_sentences
+        if scans["train"]["non_empty_lines"] > tokenizer_sentences:  # Only a sample trains the tokenizer.
+            settings["tokenizer_sample"] = dict(lines=tokenizer_sentences, seed=data_utils.TOKENIZER_SAMPLE_SEED)
     else:
         settings = dict(source=source_name, source_sha256=sha256s, alphabet=alphabet.hex(), batch_size=batch_size,
                         seq_len=seq_len, shards=shards)
@@ -187,14 +196,20 @@ def build_dataset(output_dir, sources, *, vocab_size=None, lowercase=data_utils.
         (staging / "streams").mkdir()  # Each split's token stream between tokenizing and batching.
         token_files = {split: data_utils.TokenFile(staging / "streams" / f"{split}.int32") for split in data_utils.SPLITS}
         if alphabet is None:
-            logging.info("Training a %d-piece %s SentencePiece model on %s %d train lines.", vocab_size, model_type,
-                         f"{tokenizer_sentences} of the" if "tokenizer_sentences" in settings else "all",
-                         scans["train"]["lines"])
+            sample, non_empty_lines = settings.get("tokenizer_sample"), scans["train"]["non_empty_lines"]
+            text = (f"{tokenizer_sentences:,} random lines of its {non_empty_lines:,} non-empty ones" if sample
+                    else f"all its {scans['train']['lines']:,} lines")
+            logging.info("Training a %d-piece %s SentencePiece model on the train split's %s.", vocab_size, model_type,
+                         text)
             try:
                 counts, rank = tokenize_words(sources, staging, token_files, vocab_size, lowercase, model_type,
-                                              tokenizer_sentences, scans["train"]["lines"])
+                                              tokenizer_lines(sources["train"], sample, non_empty_lines))
             except data_utils.DataError as error:
-                raise data_utils.DataError(f"The train split of {source_name} is too small for this vocabulary: {error}") from None
+                raise data_utils.DataError(
+                    f"The train split of {source_name}: the tokenizer's sample, {text}, is too small for this "
+                    f"vocabulary: {error} Lower --vocab_size or raise --tokenizer_sentences." if sample else
+                    f"The train split of {source_name} is too small for this vocabulary: {error} Lower --vocab_size."
+                ) from None
             tokenizer = dict(model_file=TOKENIZER_FILE, id_rank=rank.tolist())
         else:
             vocab_size, counts, id_of_byte = tokenize_characters(sources, token_files, alphabet,

@@ -54,7 +54,11 @@ DEFAULT_DATASET = "wikitext-2"
 DEFAULT_VOCAB_SIZE = 12000  # SentencePiece pieces, reserved ids included (WikiText-2 and your own text).
 DEFAULT_LOWERCASE = True  # As the reference run did.
 DEFAULT_MODEL_TYPE = "unigram"  # SentencePiece's model type.
-DEFAULT_TOKENIZER_SENTENCES = 40_000  # SentencePiece trains on at most this many train lines, evenly spaced (WikiText-2: all 36,718).
+# SentencePiece trains on all train lines, or on this many of the non-empty ones drawn at random when there are more:
+# WikiText-2 has 23,767. A sample of WikiText-like lines holds about WikiText-2's text, enough for 12k pieces, in
+# about 20x its text of memory (0.25 GB), and the same on every build (TOKENIZER_SAMPLE_SEED).
+DEFAULT_TOKENIZER_SENTENCES = 25_000
+TOKENIZER_SAMPLE_SEED = 0
 DEFAULT_BATCH_SIZE = 32  # Contiguous streams per batch: the global batch.
 DEFAULT_SEQ_LEN = 32  # Tokens per segment.
 DEFAULT_SHARDS = 1  # TFRecord files per split.
@@ -230,15 +234,20 @@ def count_words(lines):
     return sum(len(line.split()) for line in lines) + len(lines)
 
 
+def is_blank(line):
+    """WikiText's empty lines hold a space: such a line is a lone end-of-line, with no text to train a tokenizer."""
+    return not line.strip()
+
+
 def scan_lines(span):
-    """dict(lines, words, replaced: invalid UTF-8 sequences, blank: whether every line is blank) of a span."""
-    counts = dict(lines=0, words=0, replaced=0, blank=True)
+    """dict(lines, words, non_empty_lines: those not blank, replaced: invalid UTF-8 sequences) of a span."""
+    counts = dict(lines=0, words=0, non_empty_lines=0, replaced=0)
     progress = Progress(f"Read {span.path.name}", span.size(), PROGRESS_BYTES)
     for lines, replaced in read_line_chunks(span):
         counts["lines"] += len(lines)
         counts["words"] += count_words(lines)
         counts["replaced"] += replaced
-        counts["blank"] = counts["blank"] and not any(line.strip() for line in lines)
+        counts["non_empty_lines"] += sum(not is_blank(line) for line in lines)
         progress.advance(sum(len(line) for line in lines))
     return counts
 
@@ -436,17 +445,29 @@ def cut_splits(path):
 # Tokenizer.
 
 
-def evenly_spaced(items, num_items, count):
-    """`count` of an iterable's `num_items` items, evenly spaced through it; all of them if count >= num_items."""
+def random_sample(items, num_items, count, seed=TOKENIZER_SAMPLE_SEED):
+    """`count` of an iterable's `num_items` items, drawn at random without replacement (each as likely as any
+    other, the same for the same seed) and yielded in their order, streaming.
+
+    Not evenly spaced: a corpus with a period, such as copies of one text, would alias with the stride,
+    giving the same few lines from every period.
+    """
+    drawn = np.sort(np.random.default_rng(seed).choice(num_items, count, replace=False)).tolist()
+    drawn.append(None)  # After the last item drawn.
+    next_drawn = iter(drawn)
+    wanted = next(next_drawn)
     for number, item in enumerate(items):
-        if (number + 1) * count // num_items > number * count // num_items:
+        if number == wanted:
             yield item
+            wanted = next(next_drawn)
+            if wanted is None:
+                return
 
 
 def train_sentencepiece(lines, model_path, vocab_size, lowercase=DEFAULT_LOWERCASE, model_type=DEFAULT_MODEL_TYPE):
     """Trains SentencePiece on an iterable of training lines; reserves pad, end-of-line and keeps `<unk>` one piece.
 
-    It holds about 15x the lines' text in memory: give a large corpus as a sample (evenly_spaced).
+    It holds about 20x the lines' text in memory: give a large corpus as a sample (random_sample).
     Ids here are SentencePiece's own; `frequency_ranking` then reorders them.
     """
     try:
@@ -470,7 +491,8 @@ def train_sentencepiece(lines, model_path, vocab_size, lowercase=DEFAULT_LOWERCA
             minloglevel=2,
         )
     except RuntimeError as error:
-        raise DataError(f"--vocab_size {vocab_size}: SentencePiece cannot train it on this corpus ({error}).") from None
+        reason = re.sub(r"^.*\] ", "", str(error))  # Without its source file, line and failed check.
+        raise DataError(f"--vocab_size {vocab_size}: SentencePiece cannot train it on this text ({reason}).") from None
     pathlib.Path(str(model_path).removesuffix(".model") + ".vocab").unlink(missing_ok=True)
 
 
@@ -728,9 +750,10 @@ def load_metadata(data_dir):
 
 
 # The build settings that decide which id a text gets; batch_size, seq_len and shards only lay the ids out.
-# A setting that a build did not record (tokenizer_sentences when all train lines trained, alphabet for a word
-# corpus) compares equal to its absence.
-TOKENIZER_SETTINGS = ("source_sha256", "vocab_size", "lowercase", "model_type", "tokenizer_sentences", "alphabet")
+# A setting that a build did not record (tokenizer_sample when all train lines trained, alphabet for a word
+# corpus) compares equal to its absence; tokenizer_sentences is that of builds that sampled evenly spaced lines.
+TOKENIZER_SETTINGS = ("source_sha256", "vocab_size", "lowercase", "model_type", "tokenizer_sample",
+                      "tokenizer_sentences", "alphabet")
 
 
 def check_data_matches_model(data_dir, record):
