@@ -12,6 +12,7 @@ does not grow with the corpus (README, Data).
 """
 import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
 
+import contextlib
 import json
 import os
 import pathlib
@@ -190,9 +191,7 @@ def build_dataset(output_dir, sources, *, vocab_size=None, lowercase=data_utils.
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(output_dir)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-building-{os.getpid()}-", dir=output_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the dataset is not.
-    try:
+    with staging_folder(output_dir) as staging:
         (staging / "streams").mkdir()  # Each split's token stream between tokenizing and batching.
         token_files = {split: data_utils.TokenFile(staging / "streams" / f"{split}.int32") for split in data_utils.SPLITS}
         if alphabet is None:
@@ -242,10 +241,29 @@ def build_dataset(output_dir, sources, *, vocab_size=None, lowercase=data_utils.
         )
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
         replace_directory(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logging.info("Built %s in %.1f s.", output_dir, time.time() - start)
     return metadata
+
+
+@contextlib.contextmanager
+def staging_folder(output_dir):
+    """A new folder beside `output_dir` to build it in, removed at the end whatever happens.
+
+    A full disk anywhere in the block (token streams, tokenizer, TFRecords, metadata) ends it with one
+    DiskFullError naming output_dir, whose volume is full, rather than the file in the staging folder that
+    the error names, which is gone by then.
+    """
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-building-{os.getpid()}-", dir=output_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the dataset is not.
+    try:
+        yield staging
+    except Exception as error:  # An OSError, or TensorFlow's ResourceExhaustedError from a TFRecord writer.
+        if reliability.disk_full_path(error) is None:
+            raise
+        raise reliability.DiskFullError(output_dir, "the build left nothing behind. Free some space and rerun the "
+                                                    "same command.") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_stale_builds(output_dir):
@@ -298,7 +316,7 @@ def main(argv):
                       shards=FLAGS.shards, overwrite=FLAGS.overwrite,
                       expected_counts=corpus.expected_counts if corpus else None, source_name=source_name,
                       command=sys.argv)
-    except data_utils.DataError as error:
+    except (data_utils.DataError, reliability.DiskFullError) as error:
         sys.exit(f"build_data.py: error: {error}")
     except OSError as error:  # Unreadable input, read-only or full output.
         sys.exit(f"build_data.py: error: {data_utils.error_line(error)}")

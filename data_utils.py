@@ -25,6 +25,7 @@ the corpus.
 """
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -468,12 +469,14 @@ def train_sentencepiece(lines, model_path, vocab_size, lowercase=DEFAULT_LOWERCA
     """Trains SentencePiece on an iterable of training lines; reserves pad, end-of-line and keeps `<unk>` one piece.
 
     It holds about 20x the lines' text in memory: give a large corpus as a sample (random_sample).
-    Ids here are SentencePiece's own; `frequency_ranking` then reorders them.
+    Ids here are SentencePiece's own; `frequency_ranking` then reorders them. Python writes the model file:
+    SentencePiece's own write leaves it empty on a full disk, and says nothing.
     """
+    model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines),
-            model_prefix=str(model_path).removesuffix(".model"),
+            model_writer=model,
             vocab_size=vocab_size,
             model_type=model_type,
             pad_id=0,
@@ -493,7 +496,7 @@ def train_sentencepiece(lines, model_path, vocab_size, lowercase=DEFAULT_LOWERCA
     except RuntimeError as error:
         reason = re.sub(r"^.*\] ", "", str(error))  # Without its source file, line and failed check.
         raise DataError(f"--vocab_size {vocab_size}: SentencePiece cannot train it on this text ({reason}).") from None
-    pathlib.Path(str(model_path).removesuffix(".model") + ".vocab").unlink(missing_ok=True)
+    pathlib.Path(model_path).write_bytes(model.getvalue())
 
 
 def frequency_ranking(sentencepiece_counts):
@@ -609,7 +612,7 @@ class TokenFile:
 
     def append(self, ids):
         with open(self.path, "ab") as f:
-            np.asarray(ids, self.dtype).tofile(f)
+            f.write(np.asarray(ids, self.dtype).tobytes())  # Not tofile, whose short write says neither why nor where.
 
     def __len__(self):
         return self.path.stat().st_size // self.dtype.itemsize
@@ -625,7 +628,7 @@ class TokenFile:
                 f.seek(start * self.dtype.itemsize)
                 ids = np.fromfile(f, self.dtype, count=chunk)
                 f.seek(start * self.dtype.itemsize)
-                rank[ids].astype(self.dtype).tofile(f)
+                f.write(rank[ids].astype(self.dtype).tobytes())
 
 
 def encode_lines_to_file(encode_fn, line_chunks, token_file, vocab_size, what="text"):

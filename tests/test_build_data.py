@@ -232,6 +232,42 @@ def test_read_only_output_folder_fails_with_one_line(tmp_path):
     assert_fails_cleanly(result, output, str(read_only), "Permission denied")
 
 
+
+# build_data.py with data_utils.STAGE wrapped to fill the disk first: the next write meets a real full disk.
+FILL_THE_DISK_BEFORE = """
+import shutil
+import sys
+
+import build_data
+import data_utils
+from absl import app
+
+stage, filler = sys.argv.pop(1), sys.argv.pop(1)
+unwrapped = getattr(data_utils, stage)
+
+def fill_the_disk_then(*args, **kwargs):
+    with open(filler, "ab") as file:
+        file.write(bytes(shutil.disk_usage(filler.rpartition("/")[0]).free))
+    return unwrapped(*args, **kwargs)
+
+setattr(data_utils, stage, fill_the_disk_then)
+app.run(build_data.main)
+"""
+
+
+@pytest.mark.parametrize("stage", ["train_sentencepiece", "encode_lines_to_file", "write_tfrecords"])  # Its model, the
+# token streams, the TFRecords.
+def test_a_full_disk_at_any_stage_of_the_build_names_the_folder_in_one_line_and_leaves_nothing(small_disk, tmp_path,
+                                                                                               stage):
+    corpus = write_corpus(tmp_path / "corpus")
+    output = small_disk / "records"
+    result = run_script("-c", FILL_THE_DISK_BEFORE, stage, small_disk / "filler", f"--input_text={corpus}",
+                        f"--output_dir={output}", *SMALL)
+    assert re.fullmatch(rf"build_data.py: error: {re.escape(str(output))}: the disk is full \(\d+ bytes free of 4.0 MiB\); "
+                        r"the build left nothing behind\. Free some space and rerun the same command\.",
+                        error_line(result, "build_data.py"))
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
 # ---------------------------------------------------------------------------------------------
 # Download, against a server on 127.0.0.1.
 
