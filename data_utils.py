@@ -787,6 +787,10 @@ def make_dataset(data_dir, split):
     """
     metadata = load_metadata(data_dir)
     files = [pathlib.Path(data_dir) / name for name in metadata["splits"][split]["files"]]
+    for path in files:
+        if not path.is_file():
+            raise DataError(f"{path}: no such file, which the {split} split of {METADATA_FILE} lists; rebuild the "
+                            f"data with ./create_tfrecords.sh --overwrite.")
     windows = read_windows(files, metadata["batch_size"], metadata["seq_len"])
     options = tf.data.Options()
     options.autotune.enabled = False
@@ -830,13 +834,13 @@ def tensorflow_reason(error):
     return re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", line).strip()
 
 
-def batches_naming_damage(dataset, batch_files, first_batch, steps_done):
-    """Yields the batches of `dataset`, a split read from batch `first_batch` on, for training steps
+def batches_naming_damage(dataset, batch_files, first_batch=0, steps_done=None):
+    """Yields the batches of `dataset`, a split read from batch `first_batch` on, in training for steps
     steps_done + 1, steps_done + 2, ...
 
-    A damaged or truncated TFRecord file raises DamagedRecordError naming the file and the step that
-    would have read it; TensorFlow names neither. batch_files: the file of each batch of the split, in
-    order (batch_files); a split that ends before its last batch is truncated too.
+    A damaged or truncated TFRecord file raises DamagedRecordError naming the file and, in training, the
+    step that would have read it; TensorFlow names neither. batch_files: the file of each batch of the
+    split, in order (batch_files); a split that ends before its last batch is truncated too.
     """
     batches = iter(dataset)
     for batch, path in enumerate(batch_files[first_batch:], first_batch):
@@ -848,5 +852,7 @@ def batches_naming_damage(dataset, batch_files, first_batch, steps_done):
             reason = f"batch {batch + 1} of {len(batch_files)} does not read: {tensorflow_reason(error)}"
         else:
             continue
+        if steps_done is None:
+            raise DamagedRecordError(f"{path}: damaged ({reason}); rebuild the data with ./create_tfrecords.sh --overwrite.")
         raise DamagedRecordError(f"{path}: damaged at training step {steps_done + batch - first_batch + 1} ({reason}); "
                                  f"rebuild the data with ./create_tfrecords.sh --overwrite. The checkpoints are intact.")
