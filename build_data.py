@@ -7,8 +7,8 @@
 
 The output directory holds metadata.json, unigram.txt, {train,valid,test}-*.tfrecord and, for a
 word corpus, spm.model. It is built in a temporary directory and renamed at the end, so it is
-complete or absent; the next build removes what a killed one left. The build streams: its memory
-does not grow with the corpus (README, Data).
+complete or absent, even when the disk fills (one line names the output directory); the next build
+removes what a killed one left. The build streams: its memory does not grow with the corpus (README, Data).
 """
 import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
 
@@ -51,7 +51,7 @@ flags.DEFINE_boolean("lowercase", data_utils.DEFAULT_LOWERCASE,
 flags.DEFINE_enum("model_type", data_utils.DEFAULT_MODEL_TYPE, ["unigram", "bpe"], "SentencePiece model type.")
 flags.DEFINE_integer("tokenizer_sentences", data_utils.DEFAULT_TOKENIZER_SENTENCES,
                      "SentencePiece trains on all train lines, or where more of them are non-empty, on this many of "
-                     "those drawn at random (seeded); it needs about 20x their text in memory.", lower_bound=1)
+                     "those drawn at random (seeded); it needs about 25x their text in memory.", lower_bound=1)
 flags.DEFINE_integer("batch_size", data_utils.DEFAULT_BATCH_SIZE, "Contiguous streams per batch.", lower_bound=1)
 flags.DEFINE_integer("seq_len", data_utils.DEFAULT_SEQ_LEN, "Tokens per segment.", lower_bound=1)
 flags.DEFINE_integer("shards", data_utils.DEFAULT_SHARDS,

@@ -57,7 +57,7 @@ DEFAULT_LOWERCASE = True  # As the reference run did.
 DEFAULT_MODEL_TYPE = "unigram"  # SentencePiece's model type.
 # SentencePiece trains on all train lines, or on this many of the non-empty ones drawn at random when there are more:
 # WikiText-2 has 23,767. A sample of WikiText-like lines holds about WikiText-2's text, enough for 12k pieces, in
-# about 20x its text of memory (0.25 GB), and the same on every build (TOKENIZER_SAMPLE_SEED).
+# about 25x its text of memory (0.3 GB), and the same on every build (TOKENIZER_SAMPLE_SEED).
 DEFAULT_TOKENIZER_SENTENCES = 25_000
 TOKENIZER_SAMPLE_SEED = 0
 DEFAULT_BATCH_SIZE = 32  # Contiguous streams per batch: the global batch.
@@ -468,7 +468,7 @@ def random_sample(items, num_items, count, seed=TOKENIZER_SAMPLE_SEED):
 def train_sentencepiece(lines, model_path, vocab_size, lowercase=DEFAULT_LOWERCASE, model_type=DEFAULT_MODEL_TYPE):
     """Trains SentencePiece on an iterable of training lines; reserves pad, end-of-line and keeps `<unk>` one piece.
 
-    It holds about 20x the lines' text in memory: give a large corpus as a sample (random_sample).
+    It holds about 25x the lines' text in memory: give a large corpus as a sample (random_sample).
     Ids here are SentencePiece's own; `frequency_ranking` then reorders them. Python writes the model file:
     SentencePiece's own write leaves it empty on a full disk, and says nothing.
     """
