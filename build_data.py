@@ -204,11 +204,12 @@ def build_dataset(output_dir, sources, *, vocab_size=None, lowercase=data_utils.
                 counts, rank = tokenize_words(sources, staging, token_files, vocab_size, lowercase, model_type,
                                               tokenizer_lines(sources["train"], sample, non_empty_lines))
             except data_utils.DataError as error:
-                raise data_utils.DataError(
-                    f"The train split of {source_name}: the tokenizer's sample, {text}, is too small for this "
-                    f"vocabulary: {error} Lower --vocab_size or raise --tokenizer_sentences." if sample else
-                    f"The train split of {source_name} is too small for this vocabulary: {error} Lower --vocab_size."
-                ) from None
+                if sample:
+                    raise data_utils.DataError(f"The train split of {source_name}: the tokenizer's sample, {text}, is too "
+                                               f"small for this vocabulary: {error} Lower --vocab_size or raise "
+                                               f"--tokenizer_sentences.") from None
+                raise data_utils.DataError(f"The train split of {source_name} is too small for this vocabulary: {error} "
+                                           f"Lower --vocab_size.") from None
             tokenizer = dict(model_file=TOKENIZER_FILE, id_rank=rank.tolist())
         else:
             vocab_size, counts, id_of_byte = tokenize_characters(sources, token_files, alphabet,

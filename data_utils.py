@@ -453,16 +453,14 @@ def random_sample(items, num_items, count, seed=TOKENIZER_SAMPLE_SEED):
     Not evenly spaced: a corpus with a period, such as copies of one text, would alias with the stride,
     giving the same few lines from every period.
     """
-    drawn = np.sort(np.random.default_rng(seed).choice(num_items, count, replace=False)).tolist()
-    drawn.append(None)  # After the last item drawn.
-    next_drawn = iter(drawn)
-    wanted = next(next_drawn)
+    drawn = iter(np.sort(np.random.default_rng(seed).choice(num_items, count, replace=False)).tolist())
+    wanted = next(drawn, None)
     for number, item in enumerate(items):
+        if wanted is None:
+            return  # The items after the last one drawn need not be read.
         if number == wanted:
             yield item
-            wanted = next(next_drawn)
-            if wanted is None:
-                return
+            wanted = next(drawn, None)
 
 
 def train_sentencepiece(lines, model_path, vocab_size, lowercase=DEFAULT_LOWERCASE, model_type=DEFAULT_MODEL_TYPE):
@@ -853,6 +851,7 @@ def batches_naming_damage(dataset, batch_files, first_batch=0, steps_done=None):
         else:
             continue
         if steps_done is None:
-            raise DamagedRecordError(f"{path}: damaged ({reason}); rebuild the data with ./create_tfrecords.sh --overwrite.")
+            raise DamagedRecordError(f"{path}: damaged ({reason}); rebuild the data with ./create_tfrecords.sh "
+                                     f"--overwrite.")
         raise DamagedRecordError(f"{path}: damaged at training step {steps_done + batch - first_batch + 1} ({reason}); "
                                  f"rebuild the data with ./create_tfrecords.sh --overwrite. The checkpoints are intact.")

@@ -67,8 +67,8 @@ def evaluate_modes(model, dataset, counts, batch_size, jit_compile="auto", max_b
     carried through the split from empty.
 
     dataset: the split's batches (a tf.data.Dataset, or any iterable of them); counts: the split's metadata
-    (its "words" or "characters"). eval_modes: a SuperNet "mix"es its
-    candidates with pi, or runs each block's "argmax" candidate.
+    (its "words" or "characters"). eval_modes: a SuperNet "mix"es its candidates with pi, or runs each
+    block's "argmax" candidate.
     """
     step = evaluation_step(model, eval_modes, use_xla(jit_compile))
     memories = [model.initial_memory(batch_size) for _ in eval_modes]

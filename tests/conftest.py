@@ -1,5 +1,6 @@
 """Shared test settings and helpers: quiet TensorFlow, the optional offline WikiText-2 copy, a tiny model, a small
-corpus and run, a small disk to fill, and the one-error-line check. Imports no TensorFlow itself: the helpers that need it import it.
+corpus and run, a small disk to fill and the one-error-line check. Imports no TensorFlow itself: the helpers that
+need it import it.
 """
 import os
 import pathlib

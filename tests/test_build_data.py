@@ -263,8 +263,8 @@ def test_a_full_disk_at_any_stage_of_the_build_names_the_folder_in_one_line_and_
     output = small_disk / "records"
     result = run_script("-c", FILL_THE_DISK_BEFORE, stage, small_disk / "filler", f"--input_text={corpus}",
                         f"--output_dir={output}", *SMALL)
-    assert re.fullmatch(rf"build_data.py: error: {re.escape(str(output))}: the disk is full \(\d+ bytes free of 4.0 MiB\); "
-                        r"the build left nothing behind\. Free some space and rerun the same command\.",
+    assert re.fullmatch(rf"build_data.py: error: {re.escape(str(output))}: the disk is full \(\d+ bytes free of "
+                        r"4.0 MiB\); the build left nothing behind\. Free some space and rerun the same command\.",
                         error_line(result, "build_data.py"))
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
 
