@@ -7,11 +7,12 @@
 
 The output directory holds metadata.json, unigram.txt, {train,valid,test}-*.tfrecord and, for a
 word corpus, spm.model. It is built in a temporary directory and renamed at the end, so it is
-complete or absent; the next build removes what a killed one left. The build streams: its memory
-does not grow with the corpus (README, Data).
+complete or absent, even when the disk fills (one line names the output directory); the next build
+removes what a killed one left. The build streams: its memory does not grow with the corpus (README, Data).
 """
 import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
 
+import contextlib
 import json
 import os
 import pathlib
@@ -49,8 +50,8 @@ flags.DEFINE_boolean("lowercase", data_utils.DEFAULT_LOWERCASE,
                      "Lowercase the text before tokenizing, as the reference run did.")
 flags.DEFINE_enum("model_type", data_utils.DEFAULT_MODEL_TYPE, ["unigram", "bpe"], "SentencePiece model type.")
 flags.DEFINE_integer("tokenizer_sentences", data_utils.DEFAULT_TOKENIZER_SENTENCES,
-                     "SentencePiece trains on at most this many train lines, evenly spaced through it; it needs about "
-                     "15x their text in memory.", lower_bound=1)
+                     "SentencePiece trains on all train lines, or where more of them are non-empty, on this many of "
+                     "those drawn at random (seeded); it needs about 25x their text in memory.", lower_bound=1)
 flags.DEFINE_integer("batch_size", data_utils.DEFAULT_BATCH_SIZE, "Contiguous streams per batch.", lower_bound=1)
 flags.DEFINE_integer("seq_len", data_utils.DEFAULT_SEQ_LEN, "Tokens per segment.", lower_bound=1)
 flags.DEFINE_integer("shards", data_utils.DEFAULT_SHARDS,
@@ -71,7 +72,7 @@ def scan_splits(spans, expected_counts=None, alphabet=None):
                 logging.warning("%s: replaced %d invalid UTF-8 sequences with U+FFFD.", span.path, replaced)
             if expected_counts:
                 data_utils.check_counts(span.path, (counts["lines"], counts["words"]), expected_counts[split])
-            empty = counts.pop("blank")
+            empty = counts["non_empty_lines"] == 0
         else:
             byte_counts = data_utils.byte_counts(span)
             data_utils.check_alphabet(span, byte_counts, alphabet, split)
@@ -115,11 +116,20 @@ def up_to_date(output_dir, settings, overwrite):
     return False
 
 
-def tokenize_words(spans, directory, token_files, vocab_size, lowercase, model_type, sentences, num_lines):
-    """Trains SentencePiece on `sentences` of train's `num_lines` lines, ranks its ids by train frequency and writes each split's ranked ids
-    into token_files; returns (how often each ranked id occurs in train, the ranking)."""
+def tokenizer_lines(span, sample, non_empty_lines):
+    """The train lines SentencePiece trains on: all of them, or a `sample` (build settings' tokenizer_sample)
+    of its non_empty_lines."""
+    lines = data_utils.read_lines(span)
+    if sample is None:
+        return lines
+    non_empty = (line for line in lines if not data_utils.is_blank(line))
+    return data_utils.random_sample(non_empty, non_empty_lines, sample["lines"], sample["seed"])
+
+
+def tokenize_words(spans, directory, token_files, vocab_size, lowercase, model_type, lines):
+    """Trains SentencePiece on `lines` of train (tokenizer_lines), ranks its ids by train frequency and writes each
+    split's ranked ids into token_files; returns (how often each ranked id occurs in train, the ranking)."""
     model_path = pathlib.Path(directory) / TOKENIZER_FILE
-    lines = data_utils.evenly_spaced(data_utils.read_lines(spans["train"]), num_lines, sentences)
     data_utils.train_sentencepiece(lines, model_path, vocab_size, lowercase, model_type)
     proto = model_path.read_bytes()
     unranked = data_utils.Tokenizer(proto, np.arange(vocab_size))
@@ -170,8 +180,8 @@ def build_dataset(output_dir, sources, *, vocab_size=None, lowercase=data_utils.
         vocab_size = vocab_size or data_utils.DEFAULT_VOCAB_SIZE
         settings = dict(source=source_name, source_sha256=sha256s, vocab_size=vocab_size, lowercase=lowercase,
                         model_type=model_type, batch_size=batch_size, seq_len=seq_len, shards=shards)
-        if scans["train"]["lines"] > tokenizer_sentences:  # Only a sample trains the tokenizer.
-            settings["tokenizer_sentences"] = tokenizer_sentences
+        if scans["train"]["non_empty_lines"] > tokenizer_sentences:  # Only a sample trains the tokenizer.
+            settings["tokenizer_sample"] = dict(lines=tokenizer_sentences, seed=data_utils.TOKENIZER_SAMPLE_SEED)
     else:
         settings = dict(source=source_name, source_sha256=sha256s, alphabet=alphabet.hex(), batch_size=batch_size,
                         seq_len=seq_len, shards=shards)
@@ -181,20 +191,25 @@ def build_dataset(output_dir, sources, *, vocab_size=None, lowercase=data_utils.
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(output_dir)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-building-{os.getpid()}-", dir=output_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the dataset is not.
-    try:
+    with staging_folder(output_dir) as staging:
         (staging / "streams").mkdir()  # Each split's token stream between tokenizing and batching.
         token_files = {split: data_utils.TokenFile(staging / "streams" / f"{split}.int32") for split in data_utils.SPLITS}
         if alphabet is None:
-            logging.info("Training a %d-piece %s SentencePiece model on %s %d train lines.", vocab_size, model_type,
-                         f"{tokenizer_sentences} of the" if "tokenizer_sentences" in settings else "all",
-                         scans["train"]["lines"])
+            sample, non_empty_lines = settings.get("tokenizer_sample"), scans["train"]["non_empty_lines"]
+            text = (f"{tokenizer_sentences:,} random lines of its {non_empty_lines:,} non-empty ones" if sample
+                    else f"all its {scans['train']['lines']:,} lines")
+            logging.info("Training a %d-piece %s SentencePiece model on the train split's %s.", vocab_size, model_type,
+                         text)
             try:
                 counts, rank = tokenize_words(sources, staging, token_files, vocab_size, lowercase, model_type,
-                                              tokenizer_sentences, scans["train"]["lines"])
+                                              tokenizer_lines(sources["train"], sample, non_empty_lines))
             except data_utils.DataError as error:
-                raise data_utils.DataError(f"The train split of {source_name} is too small for this vocabulary: {error}") from None
+                if sample:
+                    raise data_utils.DataError(f"The train split of {source_name}: the tokenizer's sample, {text}, is too "
+                                               f"small for this vocabulary: {error} Lower --vocab_size or raise "
+                                               f"--tokenizer_sentences.") from None
+                raise data_utils.DataError(f"The train split of {source_name} is too small for this vocabulary: {error} "
+                                           f"Lower --vocab_size.") from None
             tokenizer = dict(model_file=TOKENIZER_FILE, id_rank=rank.tolist())
         else:
             vocab_size, counts, id_of_byte = tokenize_characters(sources, token_files, alphabet,
@@ -227,10 +242,29 @@ def build_dataset(output_dir, sources, *, vocab_size=None, lowercase=data_utils.
         )
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
         replace_directory(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logging.info("Built %s in %.1f s.", output_dir, time.time() - start)
     return metadata
+
+
+@contextlib.contextmanager
+def staging_folder(output_dir):
+    """A new folder beside `output_dir` to build it in, removed at the end whatever happens.
+
+    A full disk anywhere in the block (token streams, tokenizer, TFRecords, metadata) ends it with one
+    DiskFullError naming output_dir, whose volume is full, rather than the file in the staging folder that
+    the error names, which is gone by then.
+    """
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-building-{os.getpid()}-", dir=output_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the dataset is not.
+    try:
+        yield staging
+    except Exception as error:  # An OSError, or TensorFlow's ResourceExhaustedError from a TFRecord writer.
+        if reliability.disk_full_path(error) is None:
+            raise
+        raise reliability.DiskFullError(output_dir, "the build left nothing behind. Free some space and rerun the "
+                                                    "same command.") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_stale_builds(output_dir):
@@ -283,7 +317,7 @@ def main(argv):
                       shards=FLAGS.shards, overwrite=FLAGS.overwrite,
                       expected_counts=corpus.expected_counts if corpus else None, source_name=source_name,
                       command=sys.argv)
-    except data_utils.DataError as error:
+    except (data_utils.DataError, reliability.DiskFullError) as error:
         sys.exit(f"build_data.py: error: {error}")
     except OSError as error:  # Unreadable input, read-only or full output.
         sys.exit(f"build_data.py: error: {data_utils.error_line(error)}")

@@ -25,6 +25,7 @@ the corpus.
 """
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -52,7 +53,11 @@ DEFAULT_DATASET = "wikitext-2"
 DEFAULT_VOCAB_SIZE = 12000  # SentencePiece pieces, reserved ids included (WikiText-2 and your own text).
 DEFAULT_LOWERCASE = True  # As the reference run did.
 DEFAULT_MODEL_TYPE = "unigram"  # SentencePiece's model type.
-DEFAULT_TOKENIZER_SENTENCES = 40_000  # SentencePiece trains on at most this many train lines, evenly spaced (WikiText-2: all 36,718).
+# SentencePiece trains on all train lines, or on this many of the non-empty ones drawn at random when there are more:
+# WikiText-2 has 23,767. A sample of WikiText-like lines holds about WikiText-2's text, enough for 12k pieces, in
+# about 25x its text of memory (0.3 GB), and the same on every build (TOKENIZER_SAMPLE_SEED).
+DEFAULT_TOKENIZER_SENTENCES = 25_000
+TOKENIZER_SAMPLE_SEED = 0
 DEFAULT_BATCH_SIZE = 32  # Contiguous streams per batch: the global batch.
 DEFAULT_SEQ_LEN = 32  # Tokens per segment.
 DEFAULT_SHARDS = 1  # TFRecord files per split.
@@ -228,15 +233,20 @@ def count_words(lines):
     return sum(len(line.split()) for line in lines) + len(lines)
 
 
+def is_blank(line):
+    """WikiText's empty lines hold a space: such a line is a lone end-of-line, with no text to train a tokenizer."""
+    return not line.strip()
+
+
 def scan_lines(span):
-    """dict(lines, words, replaced: invalid UTF-8 sequences, blank: whether every line is blank) of a span."""
-    counts = dict(lines=0, words=0, replaced=0, blank=True)
+    """dict(lines, words, non_empty_lines: those not blank, replaced: invalid UTF-8 sequences) of a span."""
+    counts = dict(lines=0, words=0, non_empty_lines=0, replaced=0)
     progress = Progress(f"Read {span.path.name}", span.size(), PROGRESS_BYTES)
     for lines, replaced in read_line_chunks(span):
         counts["lines"] += len(lines)
         counts["words"] += count_words(lines)
         counts["replaced"] += replaced
-        counts["blank"] = counts["blank"] and not any(line.strip() for line in lines)
+        counts["non_empty_lines"] += sum(not is_blank(line) for line in lines)
         progress.advance(sum(len(line) for line in lines))
     return counts
 
@@ -434,23 +444,35 @@ def cut_splits(path):
 # Tokenizer.
 
 
-def evenly_spaced(items, num_items, count):
-    """`count` of an iterable's `num_items` items, evenly spaced through it; all of them if count >= num_items."""
+def random_sample(items, num_items, count, seed=TOKENIZER_SAMPLE_SEED):
+    """`count` of an iterable's `num_items` items, drawn at random without replacement (each as likely as any
+    other, the same for the same seed) and yielded in their order, streaming.
+
+    Not evenly spaced: a corpus with a period, such as copies of one text, would alias with the stride,
+    giving the same few lines from every period.
+    """
+    drawn = iter(np.sort(np.random.default_rng(seed).choice(num_items, count, replace=False)).tolist())
+    wanted = next(drawn, None)
     for number, item in enumerate(items):
-        if (number + 1) * count // num_items > number * count // num_items:
+        if wanted is None:
+            return  # The items after the last one drawn need not be read.
+        if number == wanted:
             yield item
+            wanted = next(drawn, None)
 
 
 def train_sentencepiece(lines, model_path, vocab_size, lowercase=DEFAULT_LOWERCASE, model_type=DEFAULT_MODEL_TYPE):
     """Trains SentencePiece on an iterable of training lines; reserves pad, end-of-line and keeps `<unk>` one piece.
 
-    It holds about 15x the lines' text in memory: give a large corpus as a sample (evenly_spaced).
-    Ids here are SentencePiece's own; `frequency_ranking` then reorders them.
+    It holds about 25x the lines' text in memory: give a large corpus as a sample (random_sample).
+    Ids here are SentencePiece's own; `frequency_ranking` then reorders them. Python writes the model file:
+    SentencePiece's own write leaves it empty on a full disk, and says nothing.
     """
+    model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines),
-            model_prefix=str(model_path).removesuffix(".model"),
+            model_writer=model,
             vocab_size=vocab_size,
             model_type=model_type,
             pad_id=0,
@@ -468,8 +490,9 @@ def train_sentencepiece(lines, model_path, vocab_size, lowercase=DEFAULT_LOWERCA
             minloglevel=2,
         )
     except RuntimeError as error:
-        raise DataError(f"--vocab_size {vocab_size}: SentencePiece cannot train it on this corpus ({error}).") from None
-    pathlib.Path(str(model_path).removesuffix(".model") + ".vocab").unlink(missing_ok=True)
+        reason = re.sub(r"^.*\] ", "", str(error))  # Without its source file, line and failed check.
+        raise DataError(f"--vocab_size {vocab_size}: SentencePiece cannot train it on this text ({reason}).") from None
+    pathlib.Path(model_path).write_bytes(model.getvalue())
 
 
 def frequency_ranking(sentencepiece_counts):
@@ -585,7 +608,7 @@ class TokenFile:
 
     def append(self, ids):
         with open(self.path, "ab") as f:
-            np.asarray(ids, self.dtype).tofile(f)
+            f.write(np.asarray(ids, self.dtype).tobytes())  # Not tofile, whose short write says neither why nor where.
 
     def __len__(self):
         return self.path.stat().st_size // self.dtype.itemsize
@@ -601,7 +624,7 @@ class TokenFile:
                 f.seek(start * self.dtype.itemsize)
                 ids = np.fromfile(f, self.dtype, count=chunk)
                 f.seek(start * self.dtype.itemsize)
-                rank[ids].astype(self.dtype).tofile(f)
+                f.write(rank[ids].astype(self.dtype).tobytes())
 
 
 def encode_lines_to_file(encode_fn, line_chunks, token_file, vocab_size, what="text"):
@@ -726,9 +749,10 @@ def load_metadata(data_dir):
 
 
 # The build settings that decide which id a text gets; batch_size, seq_len and shards only lay the ids out.
-# A setting that a build did not record (tokenizer_sentences when all train lines trained, alphabet for a word
-# corpus) compares equal to its absence.
-TOKENIZER_SETTINGS = ("source_sha256", "vocab_size", "lowercase", "model_type", "tokenizer_sentences", "alphabet")
+# A setting that a build did not record (tokenizer_sample when all train lines trained, alphabet for a word
+# corpus) compares equal to its absence; tokenizer_sentences is that of builds that sampled evenly spaced lines.
+TOKENIZER_SETTINGS = ("source_sha256", "vocab_size", "lowercase", "model_type", "tokenizer_sample",
+                      "tokenizer_sentences", "alphabet")
 
 
 def check_data_matches_model(data_dir, record):
@@ -759,6 +783,10 @@ def make_dataset(data_dir, split):
     """
     metadata = load_metadata(data_dir)
     files = [pathlib.Path(data_dir) / name for name in metadata["splits"][split]["files"]]
+    for path in files:
+        if not path.is_file():
+            raise DataError(f"{path}: no such file, which the {split} split of {METADATA_FILE} lists; rebuild the "
+                            f"data with ./create_tfrecords.sh --overwrite.")
     windows = read_windows(files, metadata["batch_size"], metadata["seq_len"])
     options = tf.data.Options()
     options.autotune.enabled = False
@@ -802,13 +830,13 @@ def tensorflow_reason(error):
     return re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", line).strip()
 
 
-def batches_naming_damage(dataset, batch_files, first_batch, steps_done):
-    """Yields the batches of `dataset`, a split read from batch `first_batch` on, for training steps
+def batches_naming_damage(dataset, batch_files, first_batch=0, steps_done=None):
+    """Yields the batches of `dataset`, a split read from batch `first_batch` on, in training for steps
     steps_done + 1, steps_done + 2, ...
 
-    A damaged or truncated TFRecord file raises DamagedRecordError naming the file and the step that
-    would have read it; TensorFlow names neither. batch_files: the file of each batch of the split, in
-    order (batch_files); a split that ends before its last batch is truncated too.
+    A damaged or truncated TFRecord file raises DamagedRecordError naming the file and, in training, the
+    step that would have read it; TensorFlow names neither. batch_files: the file of each batch of the
+    split, in order (batch_files); a split that ends before its last batch is truncated too.
     """
     batches = iter(dataset)
     for batch, path in enumerate(batch_files[first_batch:], first_batch):
@@ -820,5 +848,8 @@ def batches_naming_damage(dataset, batch_files, first_batch, steps_done):
             reason = f"batch {batch + 1} of {len(batch_files)} does not read: {tensorflow_reason(error)}"
         else:
             continue
+        if steps_done is None:
+            raise DamagedRecordError(f"{path}: damaged ({reason}); rebuild the data with ./create_tfrecords.sh "
+                                     f"--overwrite.")
         raise DamagedRecordError(f"{path}: damaged at training step {steps_done + batch - first_batch + 1} ({reason}); "
                                  f"rebuild the data with ./create_tfrecords.sh --overwrite. The checkpoints are intact.")

@@ -14,8 +14,10 @@ the split from empty, as in training.
 """
 import quiet_tensorflow  # (first: keeps TensorFlow's start-up lines off the console)
 
+import itertools
 import json
 import math
+import sys
 import weakref
 
 import tensorflow as tf
@@ -64,14 +66,15 @@ def evaluate_modes(model, dataset, counts, batch_size, jit_compile="auto", max_b
     """{eval_mode: perplexities} over a split, all modes in one pass over it, each with its memory
     carried through the split from empty.
 
-    counts: the split's metadata (its "words" or "characters"). eval_modes: a SuperNet "mix"es its
-    candidates with pi, or runs each block's "argmax" candidate.
+    dataset: the split's batches (a tf.data.Dataset, or any iterable of them); counts: the split's metadata
+    (its "words" or "characters"). eval_modes: a SuperNet "mix"es its candidates with pi, or runs each
+    block's "argmax" candidate.
     """
     step = evaluation_step(model, eval_modes, use_xla(jit_compile))
     memories = [model.initial_memory(batch_size) for _ in eval_modes]
     total_nll = [tf.constant(0.0, tf.float64) for _ in eval_modes]
     total_tokens = tf.constant(0.0, tf.float64)
-    for inputs, targets in dataset.take(max_batches) if max_batches else dataset:
+    for inputs, targets in itertools.islice(dataset, max_batches or None):
         nll_sums, count, memories = step(inputs, targets, memories)
         total_nll = [total + nll for total, nll in zip(total_nll, nll_sums)]
         total_tokens += count
@@ -124,8 +127,13 @@ def main(argv):
         data_dir = FLAGS.data_dir or record["data_dir"]
         data_utils.check_data_matches_model(data_dir, record)
     metadata = data_utils.load_metadata(data_dir)
-    results = evaluate(model, data_utils.make_dataset(data_dir, FLAGS.split), metadata["splits"][FLAGS.split],
-                       metadata["batch_size"], FLAGS.jit_compile, eval_mode=FLAGS.eval_mode)
+    try:  # A missing, damaged or truncated TFRecord file is named, as in training.
+        batches = data_utils.batches_naming_damage(data_utils.make_dataset(data_dir, FLAGS.split),
+                                                   data_utils.batch_files(data_dir, FLAGS.split))
+        results = evaluate(model, batches, metadata["splits"][FLAGS.split], metadata["batch_size"], FLAGS.jit_compile,
+                           eval_mode=FLAGS.eval_mode)
+    except (data_utils.DataError, data_utils.DamagedRecordError) as error:
+        sys.exit(f"evaluate.py: error: {error}")
     print(json.dumps(dict(split=FLAGS.split, mem_len=model.config.mem_len, eval_mode=FLAGS.eval_mode, **results)))
 
 

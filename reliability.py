@@ -123,10 +123,12 @@ TENSORFLOW_DISK_FULL = re.compile(r"(\S+); (?:No space left on device|Disk quota
 
 
 class DiskFullError(RunError):
-    def __init__(self, path):
+    """A full disk at `path`, with the space left; `then` says what is left of the work and what to do."""
+
+    def __init__(self, path, then="the checkpoints saved so far are intact. Free some space and rerun the same "
+                                  "command to resume."):
         free, total = free_space(path)
-        super().__init__(f"{path}: the disk is full ({readable_size(free)} free of {readable_size(total)}); the "
-                         f"checkpoints saved so far are intact. Free some space and rerun the same command to resume.")
+        super().__init__(f"{path}: the disk is full ({readable_size(free)} free of {readable_size(total)}); {then}")
 
 
 def readable_size(size):

@@ -1,8 +1,10 @@
 """Shared test settings and helpers: quiet TensorFlow, the optional offline WikiText-2 copy, a tiny model, a small
-corpus and run, and the one-error-line check. Imports no TensorFlow itself: the helpers that need it import it.
+corpus and run, a small disk to fill and the one-error-line check. Imports no TensorFlow itself: the helpers that
+need it import it.
 """
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -46,6 +48,27 @@ def error_line(result, script):
     lines = [line for line in result.stderr.splitlines() if line.startswith(f"{script}: error:")]
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs of its own (a tiny run takes 1.2), unmounted at the end; skips where mounting is refused."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def fill(disk, leave=0):
+    """Fills the disk but `leave` bytes (to its 4 KiB pages), with a file named filler."""
+    with open(disk / "filler", "ab") as filler:
+        filler.write(b"\0" * max(shutil.disk_usage(disk).free - leave, 0))
+    return disk / "filler"
 
 
 SMALL_DATA = dict(vocab_size=40, batch_size=4, seq_len=8)

@@ -142,6 +142,45 @@ def test_edited_single_file_corpus_is_not_up_to_date(tmp_path):
     assert rebuilt["settings"]["source_sha256"] == dict.fromkeys(data_utils.SPLITS, data_utils.file_digest(path))
 
 
+def periodic_corpus(folder):
+    """A train split of 10 copies of 40 lines of 8 made-up words each, an empty line after each line (as
+    WikiText has them); valid and test: 8 of those lines. 40 evenly spaced lines of its 800 are 4 lines ten
+    times (or 40 empty ones), whose text holds no more than 54 SentencePiece pieces."""
+    rng = np.random.default_rng(0)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    block = [" " + " ".join("".join(rng.choice(letters, rng.integers(3, 8))) for _ in range(8)) + " " for _ in range(40)]
+    folder.mkdir()
+    (folder / "train.txt").write_text("".join(f"{line}\n \n" for _ in range(10) for line in block))
+    for split, lines in (("valid", block[:8]), ("test", block[8:16])):
+        (folder / f"{split}.txt").write_text("".join(f"{line}\n" for line in lines))
+    return folder
+
+
+def test_a_periodic_corpus_trains_the_tokenizer_on_random_non_empty_lines(tmp_path):
+    spans = data_utils.find_split_files(periodic_corpus(tmp_path / "corpus"))
+    metadata = build_data.build_dataset(tmp_path / "records", spans, vocab_size=100, tokenizer_sentences=40,
+                                        batch_size=4, seq_len=8)
+    assert metadata["vocab_size"] == 100
+    assert metadata["splits"]["train"]["non_empty_lines"] == 400
+    assert metadata["settings"]["tokenizer_sample"] == dict(lines=40, seed=data_utils.TOKENIZER_SAMPLE_SEED)
+
+
+def test_a_vocabulary_too_big_for_the_text_names_the_flags_that_would_fix_it(tmp_path):
+    spans = data_utils.find_split_files(periodic_corpus(tmp_path / "corpus"))
+    with pytest.raises(data_utils.DataError) as sampled:
+        build_data.build_dataset(tmp_path / "records", spans, vocab_size=1000, tokenizer_sentences=40, source_name="C")
+    assert re.fullmatch(r"The train split of C: the tokenizer's sample, 40 random lines of its 400 non-empty ones, is "
+                        r"too small for this vocabulary: --vocab_size 1000: SentencePiece cannot train it on this text "
+                        r"\(Vocabulary size too high \(1000\)\. Please set it to a value <= \d+\.\)\. Lower "
+                        r"--vocab_size or raise --tokenizer_sentences\.", str(sampled.value)), sampled.value
+    with pytest.raises(data_utils.DataError) as whole:
+        build_data.build_dataset(tmp_path / "records", spans, vocab_size=1000, tokenizer_sentences=400, source_name="C")
+    assert re.fullmatch(r"The train split of C is too small for this vocabulary: --vocab_size 1000: SentencePiece "
+                        r"cannot train it on this text \(Vocabulary size too high \(1000\)\. Please set it to a "
+                        r"value <= \d+\.\)\. Lower --vocab_size\.", str(whole.value)), whole.value
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
 @pytest.mark.parametrize("text,split", [(" a b c \n d e \n f g \n", "train"), (" a b c \n \n f g \n", "valid")])
 def test_tiny_single_file_corpus_is_too_small_or_empty_naming_the_split(tmp_path, text, split):
     path = tmp_path / "three.txt"
@@ -192,6 +231,42 @@ def test_read_only_output_folder_fails_with_one_line(tmp_path):
     result = run_build(f"--input_text={corpus}", f"--output_dir={output}", *SMALL)
     assert_fails_cleanly(result, output, str(read_only), "Permission denied")
 
+
+
+# build_data.py with data_utils.STAGE wrapped to fill the disk first: the next write meets a real full disk.
+FILL_THE_DISK_BEFORE = """
+import shutil
+import sys
+
+import build_data
+import data_utils
+from absl import app
+
+stage, filler = sys.argv.pop(1), sys.argv.pop(1)
+unwrapped = getattr(data_utils, stage)
+
+def fill_the_disk_then(*args, **kwargs):
+    with open(filler, "ab") as file:
+        file.write(bytes(shutil.disk_usage(filler.rpartition("/")[0]).free))
+    return unwrapped(*args, **kwargs)
+
+setattr(data_utils, stage, fill_the_disk_then)
+app.run(build_data.main)
+"""
+
+
+@pytest.mark.parametrize("stage", ["train_sentencepiece", "encode_lines_to_file", "write_tfrecords"])  # Its model, the
+# token streams, the TFRecords.
+def test_a_full_disk_at_any_stage_of_the_build_names_the_folder_in_one_line_and_leaves_nothing(small_disk, tmp_path,
+                                                                                               stage):
+    corpus = write_corpus(tmp_path / "corpus")
+    output = small_disk / "records"
+    result = run_script("-c", FILL_THE_DISK_BEFORE, stage, small_disk / "filler", f"--input_text={corpus}",
+                        f"--output_dir={output}", *SMALL)
+    assert re.fullmatch(rf"build_data.py: error: {re.escape(str(output))}: the disk is full \(\d+ bytes free of "
+                        r"4.0 MiB\); the build left nothing behind\. Free some space and rerun the same command\.",
+                        error_line(result, "build_data.py"))
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
 
 # ---------------------------------------------------------------------------------------------
 # Download, against a server on 127.0.0.1.

@@ -1,8 +1,10 @@
-"""evaluate.py: data tokenized unlike the model's and a damaged export each fail with one line; the cached
-evaluation step does not outlive its model; both validations in one pass score as each alone."""
+"""evaluate.py: data tokenized unlike the model's, a damaged export and a damaged or missing data file each fail
+with one line; the cached evaluation step does not outlive its model; both validations in one pass score as each
+alone."""
 import gc
 import math
 import pathlib
+import re
 import shutil
 import weakref
 
@@ -88,6 +90,31 @@ def test_a_truncated_export_fails_with_one_line(trained_run, tmp_path):
     (export / "model.weights.h5").write_bytes((export / "model.weights.h5").read_bytes()[:100])
     assert str(export) in error_line(run_script("evaluate.py", export), "evaluate.py")
 
+
+
+def cut_mid_record(path):
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+def cut_at_a_record_boundary(path):
+    records = list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records[:-1]:
+            writer.write(record)
+
+
+@pytest.mark.parametrize("split,damage,named", [
+    ("valid", cut_mid_record, r"damaged \(batch \d+ of \d+ does not read: truncated record at \d+"),
+    ("valid", cut_at_a_record_boundary, r"damaged \(it ends after batch \d+ of \d+\)"),  # Would score part of it.
+    ("test", pathlib.Path.unlink, "no such file"),
+])
+def test_a_damaged_or_missing_split_file_fails_with_one_line_naming_it(trained_run, tmp_path, split, damage, named):
+    data_dir = shutil.copytree(trained_run.read_config()["data_dir"], tmp_path / "data")
+    path = data_dir / data_utils.load_metadata(data_dir)["splits"][split]["files"][0]
+    damage(path)
+    result = run_script("evaluate.py", trained_run.export_dir, f"--data_dir={data_dir}", f"--split={split}",
+                        "--jit_compile=off")
+    assert re.match(rf"evaluate.py: error: {re.escape(str(path))}: {named}.*rebuild", error_line(result, "evaluate.py"))
 
 def test_bits_per_character_of_a_uniform_model_is_log2_of_the_vocabulary_per_token():
     model = TransformerXL(ModelConfig(vocab_size=8, cutoffs=(), **TINY_MODEL))

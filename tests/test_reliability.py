@@ -27,7 +27,7 @@ import reliability
 import runs
 import train
 from config import METADATA_FILE, ModelConfig, TrainConfig
-from conftest import REPO_ROOT, TINY_MODEL, error_line, write_corpus
+from conftest import REPO_ROOT, TINY_MODEL, error_line, fill, write_corpus
 
 BROKEN_JSON = '{"model": {d_model: 16}}'  # A hand edit that forgot the quotes.
 
@@ -73,28 +73,7 @@ def test_a_broken_best_valid_json_stops_the_resumed_run_naming_it(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# A full disk, on a small tmpfs that the test mounts (as root).
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs of its own (a tiny run takes 1.2), unmounted at the end; skips where mounting is refused."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
-
-
-def fill(disk, leave=0):
-    """Fills the disk but `leave` bytes (to its 4 KiB pages), with a file named filler."""
-    with open(disk / "filler", "ab") as filler:
-        filler.write(b"\0" * max(reliability.free_space(disk)[0] - leave, 0))
-    return disk / "filler"
+# A full disk, on a small tmpfs that the test mounts (as root): conftest's small_disk.
 
 
 def test_json_and_line_writes_on_a_full_disk_leave_the_old_file_whole(small_disk):
