@@ -1,7 +1,7 @@
 """colab.ipynb's Colab-only setup, run with google.colab, git, nvidia-smi and pip faked: outside a checkout with
 no REPO_URL it stops in one line; otherwise it clones, installs (with TensorFlow's CUDA libraries when the
 machine has a GPU) and says in one line whether TensorFlow uses a GPU. CI runs the whole notebook outside Colab
-(tests/test_train.py)."""
+(tests/test_train.py); an unknown PRESET stops in one line."""
 import os
 
 import nbclient
@@ -37,14 +37,13 @@ def fake_colab(tmp_path, monkeypatch, gpu):
     return tmp_path / "calls.log"
 
 
-def run_setup(folder, repo_url):
-    """Runs colab.ipynb's parameters and setup cells in `folder` with REPO_URL set, then prints the working
-    directory; returns the executed notebook."""
+def run_cells(folder, tags, **parameters):
+    """Runs the cells of colab.ipynb with these tags in `folder`, with the parameters set, then prints the
+    working directory; returns the executed notebook."""
     notebook = nbformat.read(REPO_ROOT / "colab.ipynb", as_version=4)
-    parameters, setup = (next(cell for cell in notebook.cells if tag in cell.metadata.get("tags", []))
-                         for tag in ("parameters", "setup"))
-    parameters.source += f"\nREPO_URL = {repo_url!r}"
-    notebook.cells = [parameters, setup, nbformat.v4.new_code_cell("print('in', os.getcwd())")]
+    cells = [next(cell for cell in notebook.cells if tag in cell.metadata.get("tags", [])) for tag in tags]
+    cells[0].source += "".join(f"\n{name} = {value!r}" for name, value in parameters.items())
+    notebook.cells = [*cells, nbformat.v4.new_code_cell("print('in', os.getcwd())")]
     client = nbclient.NotebookClient(notebook, timeout=300, resources={"metadata": {"path": str(folder)}})
     try:
         client.execute()
@@ -57,19 +56,23 @@ def printed(cell):
     return "".join(output.get("text", "") for output in cell.outputs)
 
 
+def error_lines(cell):
+    (error,) = [output for output in cell.outputs if output.output_type == "error"]
+    return error.traceback
+
+
 def test_outside_a_checkout_without_a_repository_address_it_stops_in_one_line(tmp_path, monkeypatch):
     calls = fake_colab(tmp_path, monkeypatch, gpu=True)
-    setup = run_setup(tmp_path, "").cells[1]
-    (error,) = [output for output in setup.outputs if output.output_type == "error"]
-    assert len(error.traceback) == 1 and error.traceback[0].startswith("colab.ipynb: error: not in a checkout")
-    assert "set REPO_URL" in error.traceback[0]
+    setup = run_cells(tmp_path, ["parameters", "setup"], REPO_URL="").cells[1]
+    (line,) = error_lines(setup)
+    assert line.startswith("colab.ipynb: error: not in a checkout") and "set REPO_URL" in line
     assert calls.read_text() == ""  # Neither a clone of a placeholder nor an install.
 
 
 @pytest.mark.parametrize("gpu", [True, False], ids=["gpu", "cpu"])
 def test_on_colab_it_clones_installs_and_says_whether_a_gpu_is_in_use(tmp_path, monkeypatch, gpu):
     calls = fake_colab(tmp_path, monkeypatch, gpu)
-    notebook = run_setup(tmp_path, "https://example.org/par.git")
+    notebook = run_cells(tmp_path, ["parameters", "setup"], REPO_URL="https://example.org/par.git")
     extra = " tensorflow[and-cuda]>=2.21,<2.22" if gpu else ""
     assert calls.read_text().splitlines() == [
         "git clone --depth=1 https://example.org/par.git par-transformer-xl",
@@ -79,3 +82,10 @@ def test_on_colab_it_clones_installs_and_says_whether_a_gpu_is_in_use(tmp_path, 
     else:
         assert "runs on the CPU: no GPU in use" in printed(notebook.cells[1])
     assert printed(notebook.cells[2]).strip() == f"in {tmp_path / 'par-transformer-xl'}"
+
+
+def test_an_unknown_preset_stops_in_one_line_naming_the_presets():
+    notebook = run_cells(REPO_ROOT, ["parameters", "setup", "presets"], PRESET="wt3_base")
+    (line,) = error_lines(notebook.cells[2])
+    assert line == ("colab.ipynb: error: PRESET='wt3_base': there is no configs/wt3_base.data.flags; choose one of "
+                    "enwik8_base, text8_base, wt103_base, wt2_t128.")
