@@ -1,7 +1,7 @@
 """Scores a model on a whole split: token-level perplexity, and word perplexity or bits per character.
 
     python evaluate.py logs/base --split=test --mem_len=64
-    python evaluate.py logs/base --batch_size=1 --seq_len=64 --mem_len=640 --clamp_len=400
+    python evaluate.py logs/base --batch_size=10 --seq_len=64 --mem_len=640 --clamp_len=400
 
 CHECKPOINT is a run directory (its latest checkpoint), a checkpoint prefix inside one
 (logs/base/checkpoints/ckpt-2699) or an export directory (logs/base/export). --mem_len may be

@@ -22,7 +22,8 @@ def stub_repo(tmp_path):
     (tmp_path / "create_tfrecords.sh").chmod(0o755)
     (tmp_path / "train.py").write_text(STUB.format(name="train"))
     # The real config.py, which reads the flags as train.py does, with another default data directory.
-    (tmp_path / "config.py").write_text((REPO_ROOT / "config.py").read_text() + f"\nDEFAULT_DATA_DIR = {DEFAULT_DATA_DIR!r}\n")
+    config = (REPO_ROOT / "config.py").read_text()
+    (tmp_path / "config.py").write_text(config + f"\nDEFAULT_DATA_DIR = {DEFAULT_DATA_DIR!r}\n")
     return tmp_path
 
 

@@ -100,12 +100,14 @@ def test_bits_per_character_of_a_uniform_model_is_log2_of_the_vocabulary_per_tok
 def valid_split(run):
     """(data_dir, the valid split's metadata, its token stream read back from the TFRecords) of a run."""
     data_dir = run.read_config()["data_dir"]
-    return data_dir, data_utils.load_metadata(data_dir)["splits"]["valid"], data_utils.read_split_stream(data_dir, "valid")
+    counts = data_utils.load_metadata(data_dir)["splits"]["valid"]
+    return data_dir, counts, data_utils.read_split_stream(data_dir, "valid")
 
 
 def test_the_split_read_back_is_the_stream_the_build_tokenized(trained_run):
     data_dir, counts, stream = valid_split(trained_run)
-    lines = (pathlib.Path(data_dir).parent / "corpus" / "valid.txt").read_text().split("\n")[:-1]  # The fixture's corpus.
+    corpus = pathlib.Path(data_dir).parent / "corpus"  # The fixture's (conftest.trained_run).
+    lines = (corpus / "valid.txt").read_text().split("\n")[:-1]
     tokenized = data_utils.load_tokenizer(data_dir).encode(tf.constant(lines)).flat_values.numpy()
     np.testing.assert_array_equal(stream, tokenized)
     assert len(stream) == counts["tokens"]
