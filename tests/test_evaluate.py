@@ -140,13 +140,13 @@ def naive_total_nll(model, stream, seq_len, carry_memory=True):
 
 
 def test_at_batch_1_the_total_nll_equals_a_naive_loop_over_the_segments(trained_run):
-    _, counts, stream = valid_split(trained_run)
+    stream = valid_split(trained_run)[2][:153]  # 30 segments of 5 and a last one of 2: an eager loop is slow.
     model = TransformerXL(ModelConfig(vocab_size=40, cutoffs=(10,), **{**TINY_MODEL, "mem_len": 7, "clamp_len": 3}))
     model.build((1, 5))
     rng = np.random.default_rng(0)
     for weight in model.weights:  # Weights far from their initial scale, so that the context moves every NLL.
         weight.assign(rng.normal(0.0, 0.5, weight.shape))
-    scores = evaluate.evaluate(model, data_utils.context_batched_dataset(stream, 1, 5), counts, 1, "off")
+    scores = evaluate.evaluate(model, data_utils.context_batched_dataset(stream, 1, 5), {}, 1, "off")
     naive = naive_total_nll(model, stream, 5)
     assert scores["loss"] * scores["tokens"] == pytest.approx(naive, rel=1e-6)
     assert scores["tokens"] == len(stream) - 1
