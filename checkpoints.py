@@ -124,12 +124,12 @@ def load_errors_in_one_line(script, path):
         sys.exit(f"{script}: error: cannot load {path}: {data_utils.error_line(error)}")
 
 
-def load_model(path, mem_len=None):
+def load_model(path, mem_len=None, clamp_len=None):
     """Rebuilds a trained model from an export directory, a run directory (its latest checkpoint) or a
     checkpoint prefix inside one. A checkpoint that lacks any of the model's variables is refused.
 
-    mem_len: a memory length other than the training one (it holds no weights), e.g. a longer one
-    for evaluation; None keeps the training one.
+    mem_len, clamp_len: a memory length or clamp other than the training one (neither holds weights),
+    e.g. a longer memory for evaluation; None keeps the training one.
     Returns (model, the run's config record, whose "data_dir" is the dataset it was trained on).
     """
     path = pathlib.Path(path)
@@ -137,7 +137,7 @@ def load_model(path, mem_len=None):
     if run is None:
         raise ValueError(f"{path}: neither an export directory, a run directory nor a checkpoint in one.")
     record = run.read_config()
-    overrides = {} if mem_len is None else {"mem_len": mem_len}
+    overrides = {name: value for name, value in dict(mem_len=mem_len, clamp_len=clamp_len).items() if value is not None}
     model = build_model(ModelConfig(**{**record["model"], **overrides}), record["train"]["precision"])
     if (path / EXPORT_WEIGHTS).is_file():
         model.load_weights(str(path / EXPORT_WEIGHTS))

@@ -289,6 +289,20 @@ def define_flags(flag_values=None):
     return flag_values
 
 
+def train_data_dir(argv):
+    """The --data_dir that train.py reads from these arguments, flag files (--flagfile) read as absl reads
+    them, a later flag winning; None if they do not parse, which train.py then reports itself.
+    base_model.sh builds this directory first when it is missing."""
+    from absl import flags
+
+    flag_values = define_flags(flags.FlagValues())
+    try:
+        flag_values([SCRIPT, *argv], known_only=True)
+    except flags.Error:
+        return None
+    return flag_values.data_dir
+
+
 def define_verbose_flag(flag_values=None):
     """--verbose, as RunOptions.verbose gives it to train.py, for the scripts without RunOptions' flags; defined once
     per FlagValues, since scripts imported together (as in the tests) share absl's FLAGS."""

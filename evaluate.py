@@ -1,10 +1,14 @@
 """Scores a model on a whole split: token-level perplexity, and word perplexity or bits per character.
 
     python evaluate.py logs/base --split=test --mem_len=64
+    python evaluate.py logs/base --batch_size=10 --seq_len=64 --mem_len=640 --clamp_len=400
 
 CHECKPOINT is a run directory (its latest checkpoint), a checkpoint prefix inside one
 (logs/base/checkpoints/ckpt-2699) or an export directory (logs/base/export). --mem_len may be
-longer than in training: relative positional attention has no learned positions.
+longer than in training: relative positional attention has no learned positions. --batch_size and
+--seq_len need no rebuild: the split's token stream is read back from its TFRecords and context-batched
+anew, B contiguous streams in segments of L tokens, so that every token but the first of each stream
+is scored once, whatever the setting. Each setting defaults to the training run's.
 
 Perplexity is exp(total NLL / total scored tokens) over a whole split, never a mean of per-batch
 perplexities. The same total NLL gives the units comparable with published results: on a word
@@ -111,6 +115,11 @@ def evaluate_both_ways(model, dataset, counts, batch_size, jit_compile, max_batc
 def define_flags():
     flags.DEFINE_enum("split", "valid", ["valid", "test"], "Split to score.")
     flags.DEFINE_integer("mem_len", None, "Memory length at evaluation (default: the training one).", lower_bound=0)
+    flags.DEFINE_integer("clamp_len", None, "Distances beyond it share its encoding; -1: none (default: the training "
+                         "one).", lower_bound=-1)
+    flags.DEFINE_integer("seq_len", None, "Segment length at evaluation (default: the training one).", lower_bound=1)
+    flags.DEFINE_integer("batch_size", None, "Contiguous streams per batch at evaluation (default: the training one).",
+                         lower_bound=1)
     flags.DEFINE_string("data_dir", None, "Dataset directory (default: the one the model was trained on).")
     flags.DEFINE_enum("eval_mode", "mix", CHOICES["eval_mode"], "SuperNet only: mix candidates with pi, or take each argmax.")
     flags.DEFINE_enum("jit_compile", "auto", CHOICES["jit_compile"], "Compile the evaluation step with XLA "
@@ -120,21 +129,25 @@ def define_flags():
 
 def main(argv):
     if len(argv) != 2:
-        raise app.UsageError("Usage: python evaluate.py CHECKPOINT [--split=valid|test] [--mem_len=M]")
+        raise app.UsageError("Usage: python evaluate.py CHECKPOINT [--split=valid|test] [--mem_len=M] [--seq_len=L] "
+                             "[--batch_size=B] [--clamp_len=C]")
     quiet_tensorflow.hide_info_logs(FLAGS.verbose)
     with checkpoints.load_errors_in_one_line("evaluate.py", argv[1]):
-        model, record = checkpoints.load_model(argv[1], mem_len=FLAGS.mem_len)
+        model, record = checkpoints.load_model(argv[1], mem_len=FLAGS.mem_len, clamp_len=FLAGS.clamp_len)
         data_dir = FLAGS.data_dir or record["data_dir"]
         data_utils.check_data_matches_model(data_dir, record)
-    metadata = data_utils.load_metadata(data_dir)
-    try:  # A missing, damaged or truncated TFRecord file is named, as in training.
-        batches = data_utils.batches_naming_damage(data_utils.make_dataset(data_dir, FLAGS.split),
-                                                   data_utils.batch_files(data_dir, FLAGS.split))
-        results = evaluate(model, batches, metadata["splits"][FLAGS.split], metadata["batch_size"], FLAGS.jit_compile,
-                           eval_mode=FLAGS.eval_mode)
+    batch_size = FLAGS.batch_size or record["data"]["batch_size"]
+    seq_len = FLAGS.seq_len or record["data"]["seq_len"]
+    try:  # A missing, damaged or truncated TFRecord file is named, as in training; so is a batch the split cannot fill.
+        stream = data_utils.read_split_stream(data_dir, FLAGS.split)
+        dataset = data_utils.context_batched_dataset(stream, batch_size, seq_len)
     except (data_utils.DataError, data_utils.DamagedRecordError) as error:
         sys.exit(f"evaluate.py: error: {error}")
-    print(json.dumps(dict(split=FLAGS.split, mem_len=model.config.mem_len, eval_mode=FLAGS.eval_mode, **results)))
+    metadata = data_utils.load_metadata(data_dir)
+    results = evaluate(model, dataset, metadata["splits"][FLAGS.split], batch_size, FLAGS.jit_compile,
+                       eval_mode=FLAGS.eval_mode)
+    print(json.dumps(dict(split=FLAGS.split, batch_size=batch_size, seq_len=seq_len, mem_len=model.config.mem_len,
+                          clamp_len=model.config.clamp_len, eval_mode=FLAGS.eval_mode, **results)))
 
 
 if __name__ == "__main__":

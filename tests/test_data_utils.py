@@ -1,4 +1,6 @@
 """Context batching, sharded TFRecords and the tokenizer, each against a direct reference."""
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -92,6 +94,17 @@ def test_sharded_round_trip_equals_unsharded(tmp_path, num_shards):
     sharded = round_trip(num_shards, tmp_path / "sharded")
     np.testing.assert_array_equal(sharded, round_trip(1, tmp_path / "single"))
     np.testing.assert_array_equal(sharded, windows)
+
+
+@pytest.mark.parametrize("num_tokens,batch_size,seq_len,shards", [(1000, 4, 7, 3), (33, 4, 32, 1), (5, 4, 2, 1),
+                                                                    (577, 32, 8, 2)])
+def test_a_padded_split_reads_back_as_its_whole_stream(tmp_path, num_tokens, batch_size, seq_len, shards):
+    """Whatever the layout, uneven rows, empty rows and shards included, the stream comes back token for token."""
+    stream = np.random.default_rng(num_tokens).integers(1, 100, num_tokens).astype(np.int32)
+    written = data_utils.write_tfrecords(stream, tmp_path, "valid", batch_size, seq_len, data_utils.PAD_ID, shards)
+    (tmp_path / "metadata.json").write_text(json.dumps(dict(batch_size=batch_size, seq_len=seq_len,
+                                                            splits=dict(valid=dict(files=written["files"])))))
+    np.testing.assert_array_equal(data_utils.read_split_stream(tmp_path, "valid"), stream)
 
 
 def test_training_batches_are_the_windows_split_into_inputs_and_targets_without_autotuning(tmp_path):

@@ -179,11 +179,13 @@ def test_notebook_runs_headless_with_a_tiny_configuration(tmp_path):
         f"\nDATA_DIR = '{tmp_path / 'data'}'\nLOG_DIR = '{tmp_path / 'logs'}'"
         f"\nDATA_FLAGS = '--input_text={corpus} --vocab_size=40 --batch_size=4 --seq_len=8'"
         f"\nTRAIN_FLAGS = '{' '.join(TINY_FLAGS)} --warmup_steps=5 --log_every=5'"
+        "\nPRESET = 'wt2_t128'"  # Its flag files first; the flags above override all but its --max_lr.
         "\nSHOW_TENSORBOARD = False"
     )
     nbclient.NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(REPO_ROOT)}}).execute()
     outputs = "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs)
     assert "Derived architecture" in outputs and "perplexity" in outputs
+    assert json.loads((tmp_path / "logs" / "colab" / "config.json").read_text())["train"]["max_lr"] == 4e-3  # The preset's.
 
 
 def interval_losses(data_dir, precision, steps):
