@@ -197,7 +197,7 @@ def step_runs(model_config, train_config, data_dir, batch_size, seq_len, strateg
     shares: each adaptive softmax tail's share of tokens, which sizes its rows in an XLA step, as in train.py.
     eval_mem_len: the eval step's memory length (evaluation_run). A SuperNet's search takes 1,000 batches an epoch.
     """
-    trainer = train.make_trainer(model_config, train_config, 1000, batch_size, seq_len, strategy, shares)
+    trainer = train.Trainer(model_config, train_config, 1000, batch_size, seq_len, strategy, shares)
     batches = iter(data_utils.make_dataset(data_dir, "train").repeat())
     evaluate_once, _ = evaluation_run(trainer.model, batches, batch_size, eval_mem_len, train_config.precision,
                                       devices.use_xla(train_config.jit_compile))

@@ -47,7 +47,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class Trainer:
-    """The model, its two optimizers, the schedules and every piece of state a checkpoint must hold.
+    """The model, the weights' optimizer, the schedules, the compiled steps and all a checkpoint must hold.
 
     The memory of the previous segment lives in variables, so it survives from one compiled step
     to the next (and into checkpoints) without leaving the device. Under a tf.distribute strategy
@@ -56,15 +56,15 @@ class Trainer:
     one global memory after each step, and their NLL sums are added before the perplexity.
     """
 
-    def __init__(self, model_config, config, steps_per_epoch, batch_size, strategy=None, tail_shares=None, search=None):
-        """steps_per_epoch: the weights' steps in an epoch. tail_shares: each adaptive softmax tail's share of
-        the training tokens. In a step compiled with XLA each tail then scores a static number of rows sized
+    def __init__(self, model_config, config, train_batches, batch_size, seq_len, strategy=None, tail_shares=None):
+        """train_batches: an epoch's batches of seq_len tokens a row. A SuperNet's search.Search, which trains
+        its logits, is `search`; a fixed architecture has none. tail_shares: each adaptive softmax tail's share
+        of the training tokens. In a step compiled with XLA each tail then scores a static number of rows sized
         from it (tail_capacities), not every row; without XLA each tail scores exactly its own rows anyway.
-        search: a SuperNet's search.Search, which trains its logits; a fixed architecture has none.
         """
-        if (model_config.architecture is None) != (search is not None):
-            raise ValueError("A SuperNet trains with a search.Search, and a fixed architecture without one.")
         keras.utils.set_random_seed(config.seed)
+        search = Search(model_config, config, train_batches, seq_len) if model_config.architecture is None else None
+        steps_per_epoch = search.steps_per_epoch if search else train_batches  # The weights' steps.
         self.config, self.search = config, search
         self.divergence_limit = 2 * math.log(model_config.vocab_size)  # Twice uniform guessing's loss.
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -111,10 +111,8 @@ class Trainer:
             **(search.checkpointed() if search else {}))
 
     def counters(self):
-        """(steps taken, epochs done, batches done in the current epoch), read from their variables.
-
-        Steps taken, not the optimizer's count, which lags it when float16 loss scaling skips a step.
-        """
+        """(steps taken, epochs done, batches done in the current epoch), read from their variables: steps
+        taken, not the optimizer's count, which lags it when float16 loss scaling skips a step."""
         return int(self.global_step.numpy()), int(self.epoch.numpy()), int(self.batch_in_epoch.numpy())
 
     def end_epoch(self):
@@ -237,13 +235,6 @@ class Trainer:
         return nll / max(count, 1.0), count
 
 
-def make_trainer(model_config, config, train_batches, batch_size, seq_len, strategy=None, tail_shares=None):
-    """The Trainer of an epoch of `train_batches` batches, with a search.Search for a SuperNet."""
-    search = Search(model_config, config, train_batches, seq_len) if model_config.architecture is None else None
-    return Trainer(model_config, config, search.steps_per_epoch if search else train_batches, batch_size, strategy,
-                   tail_shares, search)
-
-
 def log_start(log, trainer, record, shares, batch_size, seq_len):
     """The config, the parameters per part, the FLOPs and each block of a new run, and how a search learns."""
     model = trainer.model
@@ -266,11 +257,15 @@ def log_interval(log, writer, trainer, step, seconds):
     scalars = dict(loss=loss, perplexity=math.exp(min(loss, 50.0)), tau=float(trainer.tau_of_step(step)),
                    learning_rate=float(trainer.learning_rate_of_step(step)), tokens_per_second=tokens / max(seconds, 1e-9),
                    **(trainer.search.scalars() if trainer.search else {}))
-    with writer.as_default(step=step):
-        for key, value in scalars.items():
-            tf.summary.scalar(key, value)
+    write_scalars(writer, step, scalars)
     log.info("step %d %s", step, " ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
     return loss
+
+
+def write_scalars(writer, step, scalars, prefix=""):
+    with writer.as_default(step=step):
+        for key, value in scalars.items():
+            tf.summary.scalar(prefix + key, value)
 
 
 def log_epoch_time(log, epoch, steps, step_seconds, wall_seconds, validation_seconds, tokens_per_step):
@@ -287,10 +282,7 @@ def score(trainer, data_dir, metadata, split, options, log, writer, step):
                                  metadata["batch_size"], trainer.config.jit_compile, options.eval_batches)
     rounded = json.dumps({k: round(v, 4) for k, v in results.items()})
     log.info("step %d validation: %s", step, rounded) if split == "valid" else log.info("%s: %s", split, rounded)
-    prefix = "" if split == "valid" else split + "_"
-    with writer.as_default(step=step):
-        for key, value in results.items():
-            tf.summary.scalar(prefix + key, value)
+    write_scalars(writer, step, results, prefix="" if split == "valid" else split + "_")
     return results
 
 
@@ -327,7 +319,7 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     batch_size, seq_len, train_batches = metadata["batch_size"], metadata["seq_len"], metadata["splits"]["train"]["batches"]
     unigram_path = pathlib.Path(data_dir) / UNIGRAM_FILE  # Synthetic datasets have none.
     shares = tail_shares(np.loadtxt(unigram_path), model_config.cutoffs) if unigram_path.is_file() else None
-    trainer = make_trainer(model_config, config, train_batches, batch_size, seq_len, strategy, shares)
+    trainer = Trainer(model_config, config, train_batches, batch_size, seq_len, strategy, shares)
     search = trainer.search
     run.check_or_save_config(record, save=chief)  # Only once the run can start.
     write_dir = devices.checkpoint_write_dir(run, strategy)

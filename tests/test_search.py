@@ -28,7 +28,7 @@ def test_after_warmup_the_logits_stay_put_during_warmup_while_the_weights_learn(
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(1, 30).repeat(4), vocab_size=30,
                                                batch_size=2, seq_len=8)
     config = TrainConfig(warmup_steps=5, arch_schedule="after_warmup")
-    trainer = train.make_trainer(ModelConfig(vocab_size=30, cutoffs=(), **TINY_MODEL), config, 10, 2, 8)
+    trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(), **TINY_MODEL), config, 10, 2, 8)
     logits, embedding = [v.numpy() for v in trainer.model.arch_variables], trainer.model.embedding.embeddings.numpy()
     batches = list(data_utils.make_dataset(data_dir, "train").take(6))
     for inputs, targets in batches[:5]:
@@ -43,7 +43,7 @@ def search_trainer(**train_options):
     """A SuperNet's Trainer whose search charges attention 4, dense 2 and identity 0 (--cost_table) when asked."""
     model_config = ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL)
     config = TrainConfig(epochs=1, warmup_steps=0, cost_source="table", cost_table=(4.0, 2.0, 0.0), **train_options)
-    return train.make_trainer(model_config, config, 10, batch_size=2, seq_len=8)
+    return train.Trainer(model_config, config, 10, batch_size=2, seq_len=8)
 
 
 def values(variables):

@@ -86,8 +86,8 @@ def test_paused_and_resumed_run_matches_uninterrupted_run(tmp_path, search, step
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(600) % 20, vocab_size=20, batch_size=2, seq_len=8)
-    trainer = train.make_trainer(ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL), TrainConfig(epochs=1), 37,
-                                 batch_size=2, seq_len=8)
+    trainer = train.Trainer(ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL), TrainConfig(epochs=1), 37,
+                            batch_size=2, seq_len=8)
     manager = tf.train.CheckpointManager(trainer.checkpoint, tmp_path / "checkpoints", max_to_keep=3)
     batches = iter(data_utils.make_dataset(data_dir, "train"))
     trainer.train_step(*next(batches))
@@ -117,8 +117,8 @@ def test_bad_flags_fail_before_training_with_one_line(tmp_path):
 
 
 def test_a_diverging_finite_loss_stops_like_nan():
-    trainer = train.make_trainer(ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL), TrainConfig(epochs=1), 5,
-                                 batch_size=2, seq_len=8)
+    trainer = train.Trainer(ModelConfig(vocab_size=20, cutoffs=(), **TINY_MODEL), TrainConfig(epochs=1), 5,
+                            batch_size=2, seq_len=8)
     tokens = tf.constant(np.arange(16).reshape(2, 8) % 19 + 1, tf.int32)
     trainer.train_step(tokens, tokens)
     trainer.check_finite()  # About ln(20) = 3.0: a fresh model guesses uniformly.
@@ -189,9 +189,9 @@ def test_notebook_runs_headless_with_a_tiny_configuration(tmp_path):
 
 
 def interval_losses(data_dir, precision, steps):
-    trainer = train.make_trainer(ModelConfig(vocab_size=30, cutoffs=(8, 16), **{**TINY_MODEL, "dropout_rate": 0.0}),
-                                 TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=10, precision=precision), steps,
-                                 batch_size=4, seq_len=8)
+    trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(8, 16), **{**TINY_MODEL, "dropout_rate": 0.0}),
+                            TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=10, precision=precision), steps,
+                            batch_size=4, seq_len=8)
     losses = []
     for inputs, targets in data_utils.make_dataset(data_dir, "train").repeat().take(steps):
         losses.append(float(trainer.train_step(inputs, targets)))
@@ -200,9 +200,9 @@ def interval_losses(data_dir, precision, steps):
 
 def stream_losses(data_dir, steps, **trainer_options):
     """Training losses of the tiny model with cutoffs (8, 16), in float32 and without dropout."""
-    trainer = train.make_trainer(ModelConfig(vocab_size=30, cutoffs=(8, 16), **{**TINY_MODEL, "dropout_rate": 0.0}),
-                                 TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=2, precision="float32"), steps,
-                                 batch_size=4, seq_len=8, **trainer_options)
+    trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(8, 16), **{**TINY_MODEL, "dropout_rate": 0.0}),
+                            TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=2, precision="float32"), steps,
+                            batch_size=4, seq_len=8, **trainer_options)
     batches = list(data_utils.make_dataset(data_dir, "train").take(steps))
     losses = [float(trainer.train_step(inputs, targets)) for inputs, targets in batches]
     return np.array(losses), trainer.train_step.get_concrete_function(*batches[0])
@@ -254,8 +254,8 @@ model_config = ModelConfig(vocab_size=30, cutoffs=(8, 16), d_model=16, num_heads
 losses = {}
 for name in sys.argv[2:]:
     strategy = strategies[name]()
-    trainer = train.make_trainer(model_config, TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=5, precision="float32"),
-                                 30, 4, 8, strategy)
+    trainer = train.Trainer(model_config, TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=5, precision="float32"),
+                            30, 4, 8, strategy)
     losses[name + "_replicas"] = strategy.num_replicas_in_sync
     losses[name] = []
     for inputs, targets in data_utils.make_dataset(sys.argv[1], "train").take(30):
@@ -409,7 +409,7 @@ def test_the_first_step_uses_tau_start_and_the_last_tau_end(tmp_path):
                                                batch_size=2, seq_len=8)
     config = TrainConfig(epochs=1, tau_start=1.0, tau_end=0.1)
     steps = data_utils.load_metadata(data_dir)["splits"]["train"]["batches"]
-    trainer = train.make_trainer(ModelConfig(vocab_size=30, cutoffs=(), **TINY_MODEL), config, steps, 2, 8)
+    trainer = train.Trainer(ModelConfig(vocab_size=30, cutoffs=(), **TINY_MODEL), config, steps, 2, 8)
     used = []
     token_nll = trainer.model.token_nll
     trainer.model.token_nll = lambda *args, tau, **kwargs: used.append(float(tau)) or token_nll(*args, tau=tau, **kwargs)
