@@ -29,35 +29,45 @@ import data_utils
 import reliability
 from config import DEFAULT_DATA_DIR, METADATA_FILE, TOKENIZER_FILE, UNIGRAM_FILE, define_verbose_flag
 
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", data_utils.DEFAULT_DATASET, list(data_utils.DATASETS),
-                  "Corpus to build: WikiText-2 or WikiText-103 (SentencePiece, word perplexity), enwik8 or text8 "
-                  "(one id per character, bits per character).")
-flags.DEFINE_enum("variant", "tokenized", list(data_utils.WIKITEXT2), "WikiText variant to use.")
-flags.DEFINE_string("corpus_dir", None,
-                    "Local folder holding the dataset's files, as its zip holds them (WikiText: wiki.{train,valid,test}.tokens; "
-                    "enwik8: enwik8; text8: text8); default for WikiText-2: $WIKITEXT2_DIR.")
-flags.DEFINE_alias("wikitext_dir", "corpus_dir")
-flags.DEFINE_string("input_text", None, "Your own UTF-8 corpus instead of --dataset: a train/valid/test folder or one file.")
-flags.DEFINE_string("data_dir", "data", "Where corpora are looked for (extracted, or as their zip) and downloaded.")
-flags.DEFINE_string("output_dir", DEFAULT_DATA_DIR, "Where the tokenizer, records and metadata go.")
-flags.DEFINE_integer("vocab_size", None,
-                     "SentencePiece vocabulary size, reserved ids included (default: the dataset's, "
-                     f"{data_utils.DEFAULT_VOCAB_SIZE} for WikiText-2 and your own text, "
-                     f"{data_utils.WIKITEXT103['tokenized'].vocab_size} for WikiText-103); a character corpus' "
-                     "vocabulary is its alphabet.", lower_bound=3)
-flags.DEFINE_boolean("lowercase", data_utils.DEFAULT_LOWERCASE,
-                     "Lowercase the text before tokenizing, as the reference run did.")
-flags.DEFINE_enum("model_type", data_utils.DEFAULT_MODEL_TYPE, ["unigram", "bpe"], "SentencePiece model type.")
-flags.DEFINE_integer("tokenizer_sentences", data_utils.DEFAULT_TOKENIZER_SENTENCES,
-                     "SentencePiece trains on all train lines, or where more of them are non-empty, on this many of "
-                     "those drawn at random (seeded); it needs about 25x their text in memory.", lower_bound=1)
-flags.DEFINE_integer("batch_size", data_utils.DEFAULT_BATCH_SIZE, "Contiguous streams per batch.", lower_bound=1)
-flags.DEFINE_integer("seq_len", data_utils.DEFAULT_SEQ_LEN, "Tokens per segment.", lower_bound=1)
-flags.DEFINE_integer("shards", data_utils.DEFAULT_SHARDS,
-                     "TFRecord files per split; each holds a contiguous range of batches.", lower_bound=1)
-flags.DEFINE_boolean("overwrite", False, "Replace an output directory that was built with other settings.")
-define_verbose_flag()  # quiet_tensorflow.py reads it; build_data's own INFO lines are its progress, always shown.
+
+def define_flags(flag_values=None):
+    """The flags, on absl's FLAGS or on `flag_values` (the tests' own)."""
+    values = dict(flag_values=flags.FLAGS if flag_values is None else flag_values)
+    flags.DEFINE_enum("dataset", data_utils.DEFAULT_DATASET, list(data_utils.DATASETS),
+                      "Corpus to build: WikiText-2 or WikiText-103 (SentencePiece, word perplexity), enwik8 or text8 "
+                      "(one id per character, bits per character).", **values)
+    flags.DEFINE_enum("variant", "tokenized", list(data_utils.WIKITEXT2), "WikiText variant to use.", **values)
+    flags.DEFINE_string("corpus_dir", None, "Local folder holding the dataset's files, as its zip holds them "
+                        "(WikiText: wiki.{train,valid,test}.tokens; enwik8: enwik8; text8: text8); default for "
+                        "WikiText-2: $WIKITEXT2_DIR.", **values)
+    flags.DEFINE_alias("wikitext_dir", "corpus_dir", **values)
+    flags.DEFINE_string("input_text", None, "Your own UTF-8 corpus instead of --dataset: a train/valid/test folder or "
+                        "one file.", **values)
+    flags.DEFINE_string("data_dir", "data", "Where corpora are looked for (extracted, or as their zip) and downloaded.",
+                        **values)
+    flags.DEFINE_string("output_dir", DEFAULT_DATA_DIR, "Where the tokenizer, records and metadata go.", **values)
+    flags.DEFINE_integer("vocab_size", None,
+                         "SentencePiece vocabulary size, reserved ids included (default: the dataset's, "
+                         f"{data_utils.DEFAULT_VOCAB_SIZE} for WikiText-2 and your own text, "
+                         f"{data_utils.WIKITEXT103['tokenized'].vocab_size} for WikiText-103); a character corpus' "
+                         "vocabulary is its alphabet.", lower_bound=3, **values)
+    flags.DEFINE_boolean("lowercase", data_utils.DEFAULT_LOWERCASE,
+                         "Lowercase the text before tokenizing, as the reference run did.", **values)
+    flags.DEFINE_enum("model_type", data_utils.DEFAULT_MODEL_TYPE, ["unigram", "bpe"], "SentencePiece model type.",
+                      **values)
+    flags.DEFINE_integer("tokenizer_sentences", data_utils.DEFAULT_TOKENIZER_SENTENCES,
+                         "SentencePiece trains on all train lines, or where more of them are non-empty, on this many "
+                         "of those drawn at random (seeded); it needs about 25x their text in memory.", lower_bound=1,
+                         **values)
+    flags.DEFINE_integer("batch_size", data_utils.DEFAULT_BATCH_SIZE, "Contiguous streams per batch.", lower_bound=1,
+                         **values)
+    flags.DEFINE_integer("seq_len", data_utils.DEFAULT_SEQ_LEN, "Tokens per segment.", lower_bound=1, **values)
+    flags.DEFINE_integer("shards", data_utils.DEFAULT_SHARDS,
+                         "TFRecord files per split; each holds a contiguous range of batches.", lower_bound=1, **values)
+    flags.DEFINE_boolean("overwrite", False, "Replace an output directory that was built with other settings.",
+                         **values)
+    # quiet_tensorflow.py reads --verbose; build_data's own INFO lines are its progress, always shown.
+    return define_verbose_flag(values["flag_values"])
 
 
 def scan_splits(spans, expected_counts=None, alphabet=None):
@@ -324,4 +334,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    FLAGS = define_flags()
     app.run(main)

@@ -86,18 +86,17 @@ def read_unigram(path):
 
 def define_flags(flag_values=None):
     """The flags, on absl's FLAGS or on `flag_values` (the tests' own)."""
-    flag_values = flags.FLAGS if flag_values is None else flag_values
+    values = dict(flag_values=flags.FLAGS if flag_values is None else flag_values)
     flags.DEFINE_string("unigram_file", str(pathlib.Path(DEFAULT_DATA_DIR) / UNIGRAM_FILE),
-                        "Unigram probabilities in id order.", flag_values=flag_values)
-    flags.DEFINE_integer("num_clusters", 3, "Clusters including the head; 3 = head + 2 tails = 2 cutoffs.",
-                         flag_values=flag_values)
+                        "Unigram probabilities in id order.", **values)
+    flags.DEFINE_integer("num_clusters", 3, "Clusters including the head; 3 = head + 2 tails = 2 cutoffs.", **values)
     flags.DEFINE_integer("d_model", ModelConfig.d_model, "Width of the hidden state fed to the softmax.", lower_bound=1,
-                         flag_values=flag_values)
+                         **values)
     flags.DEFINE_integer("proj_factor", ModelConfig.proj_factor, "Tail i projects to d_model // proj_factor**i.",
-                         lower_bound=1, flag_values=flag_values)
+                         lower_bound=1, **values)
     flags.DEFINE_integer("min_cost", 0, "Columns below which a matmul gets no cheaper (0: count multiply-adds).",
-                         lower_bound=0, flag_values=flag_values)
-    return define_verbose_flag(flag_values)
+                         lower_bound=0, **values)
+    return define_verbose_flag(values["flag_values"])
 
 
 def main(argv):

@@ -15,6 +15,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from absl import flags
 
 import build_data
 import data_utils
@@ -42,14 +43,15 @@ README_DEFAULTS = dict(lowercase=True, model_type="unigram", batch_size=32, seq_
 
 
 def test_flags_and_build_dataset_default_to_the_documented_dataset():
+    flag_values = build_data.define_flags(flags.FlagValues())
     keywords = inspect.signature(build_data.build_dataset).parameters
     for name, value in README_DEFAULTS.items():
-        assert build_data.FLAGS[name].default == value, name
+        assert flag_values[name].default == value, name
         assert keywords[name].default == value, name
-    assert build_data.FLAGS["output_dir"].default == "data/tfrecords"
-    assert build_data.FLAGS["dataset"].default == "wikitext-2"
+    assert flag_values["output_dir"].default == "data/tfrecords"
+    assert flag_values["dataset"].default == "wikitext-2"
     # The vocabulary is the dataset's (README, Data): 12k pieces for WikiText-2 and your own text, 32k for WikiText-103.
-    assert build_data.FLAGS["vocab_size"].default is None and keywords["vocab_size"].default is None
+    assert flag_values["vocab_size"].default is None and keywords["vocab_size"].default is None
     assert data_utils.DEFAULT_VOCAB_SIZE == data_utils.find_corpus("wikitext-2").vocab_size == 12000
     assert data_utils.find_corpus("wikitext-103").vocab_size == 32000
 
@@ -251,6 +253,7 @@ def fill_the_disk_then(*args, **kwargs):
     return unwrapped(*args, **kwargs)
 
 setattr(data_utils, stage, fill_the_disk_then)
+build_data.FLAGS = build_data.define_flags()
 app.run(build_data.main)
 """
 

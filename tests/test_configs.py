@@ -1,8 +1,6 @@
 """configs/: each preset's flags exist in train.py (and its data's in build_data.py) and take valid values, the
 training file reads the directory its data file builds, and its model builds and runs; Transformer-XL's base
 presets have the sizes that docs/datasets.md gives."""
-import copy
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -27,11 +25,7 @@ def build_data_flags():
     """build_data.py's flags at their defaults, in a FlagValues of their own."""
     import build_data
 
-    own = flags.FlagValues()
-    for flag in flags.FLAGS.get_flags_for_module(build_data):
-        own[flag.name] = copy.deepcopy(flag)
-        own[flag.name].unparse()  # Back to its default, whatever another test set.
-    return own
+    return build_data.define_flags(flags.FlagValues())
 
 
 def vocab_size(data):
