@@ -48,17 +48,19 @@ def recipe(record):
     return dict(model=model, train=train, data=record["data"])
 
 
-def first_difference(a, b, prefix=""):
-    """The dotted name of a field where two nested dicts differ, or None."""
+def differences(a, b, prefix=""):
+    """(dotted name, value in a, value in b) of each field where two nested dicts differ, in name order."""
     for key in sorted(set(a) | set(b)):
         left, right = a.get(key), b.get(key)
         if isinstance(left, dict) and isinstance(right, dict):
-            inner = first_difference(left, right, f"{prefix}{key}.")
-            if inner:
-                return inner
+            yield from differences(left, right, f"{prefix}{key}.")
         elif left != right:
-            return f"{prefix}{key}"
-    return None
+            yield f"{prefix}{key}", left, right
+
+
+def first_difference(a, b):
+    """The dotted name of the first field where two nested dicts differ, or None."""
+    return next((name for name, _, _ in differences(a, b)), None)
 
 
 def score_name(results):
@@ -67,7 +69,8 @@ def score_name(results):
 
 
 def stage2_scores(directories):
-    """{architecture: {"valid": [...], "test": [...]}}, and the score's name.
+    """{architecture: {"valid": [...], "test": [...], "seed": [...]}} (one entry per run, in the order given), and
+    the score's name.
 
     Refuses runs whose recipes differ (naming the field and both runs), and runs without results.json.
     """
@@ -84,9 +87,10 @@ def stage2_scores(directories):
             raise ValueError(f"{run.results_path} is missing: {directory} has not finished.")
         results = read_json(run.results_path)
         name = name or score_name(results)
-        group = groups.setdefault(record["model"]["architecture"], dict(valid=[], test=[]))
+        group = groups.setdefault(record["model"]["architecture"], dict(valid=[], test=[], seed=[]))
         group["valid"].append(results[f"valid_{name}"])
         group["test"].append(results[f"test_{name}"])
+        group["seed"].append(record["train"]["seed"])
     return groups, name
 
 

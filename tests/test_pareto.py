@@ -46,7 +46,7 @@ def test_seeds_are_grouped_by_architecture_with_the_sample_standard_deviation(tm
     stage2_run(tmp_path / "AADDII_s0", "AADDII", 0, 101.0, 91.0)
     groups, score = pareto.stage2_scores(pareto.run_directories([str(tmp_path / "*")]))
     assert score == "word_perplexity"
-    assert groups["ADADAD"]["valid"] == [100.0, 102.0, 104.0]
+    assert groups["ADADAD"]["valid"] == [100.0, 102.0, 104.0] and groups["ADADAD"]["seed"] == [0, 1, 2]
     # Sample standard deviations: sqrt(((-2)^2 + 0 + 2^2) / 2) = 2, sqrt((1 + 4 + 1) / 2) = sqrt(3).
     assert pareto.mean_and_std(groups["ADADAD"]["valid"]) == pytest.approx((102.0, 2.0))
     assert pareto.mean_and_std(groups["ADADAD"]["test"]) == pytest.approx((91.0, 3 ** 0.5))
@@ -92,6 +92,14 @@ def test_runs_of_different_recipes_are_refused_naming_the_field_and_both_runs(tm
     second = stage2_run(tmp_path / "b", "DADDDD", 1, 100.0, 90.0, max_lr=2e-3)
     with pytest.raises(ValueError, match=f"{second} and {first} differ in train.max_lr"):
         pareto.stage2_scores([first, second])
+
+
+def test_differences_name_every_differing_field_of_nested_records_in_name_order():
+    left = dict(train=dict(max_lr=4e-3, seed=0), model=dict(pre_norm=False, d_model=128))
+    right = dict(train=dict(max_lr=2e-3, seed=0), model=dict(pre_norm=True, d_model=128), data_dir="elsewhere")
+    assert list(pareto.differences(left, right)) == [("data_dir", None, "elsewhere"), ("model.pre_norm", False, True),
+                                                     ("train.max_lr", 4e-3, 2e-3)]
+    assert pareto.first_difference(left, right) == "data_dir" and pareto.first_difference(left, left) is None
 
 
 def test_an_unfinished_run_and_an_untimed_architecture_are_named(tmp_path):

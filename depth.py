@@ -1,0 +1,284 @@
+"""PAR's trade at depth (issue 35): each network's gap to interleaved and its savings, per depth, table and chart.
+
+    python depth.py --bench=docs/runs/stage2_bench_T128_eval640_8a0fc30.json --output=docs/depth.png \
+        docs/runs/tuneT128_lr4e-3_e2 'docs/runs/T128_ADADAD_s*' 'docs/runs/T128_ADADDD_s*' 'docs/runs/T128_ADDDDD_s*'
+
+Each positional argument names stage-2 run directories (a glob). A run's depth is its architecture's length. Within
+a depth every run must share one recipe but the seed (pareto.stage2_scores refuses otherwise); depths may differ (a
+learning rate or --pre_norm tuned for interleaved at that depth, printed below the table), but not in their data.
+Each network is named by its role: `interleaved` ((AD) repeated, the baseline of its depth), `par_ratio=P` when it
+is config.par_architecture(depth, P) for a P in --ratios (one network may be the layout of several ratios:
+ADDDDD is 5, 6 and 8 at 6 blocks; it is listed once, under all of them), else its string.
+
+The gap is mean validation score / interleaved's mean at that depth - 1. Its error propagates both spreads (the
+sample standard deviations over seeds, as pareto.py's error bars) to first order:
+    gap error = (mean / base) * sqrt((std / mean)^2 + (base std / base)^2),
+and is not given where either side has one seed (no spread measured). Savings are 1 - step time / interleaved's,
+for training and for inference, from the bench.py report that times that depth's networks (--bench, one per depth).
+Prints the table in Markdown; --output draws the gaps against depth, one line per ratio (the goal band, gap <= 1%,
+shaded), and beside them the savings against depth where a bench report is given. Networks that are neither
+interleaved nor a ratio's layout are in the table only.
+"""
+from plot_arch import png_bytes  # First: it keeps TensorFlow's lines off the console and makes matplotlib headless.
+
+import math
+import sys
+
+import matplotlib.pyplot as plt
+from absl import app, flags
+from matplotlib.lines import Line2D
+
+from config import define_verbose_flag, par_architecture
+from pareto import (differences, first_difference, mean_and_std, recipe, run_directories, stage2_scores, step_costs,
+                    with_spread)
+from reliability import read_json, write_whole
+from runs import Run, read_record
+
+GOAL_GAP = 0.01  # The issue's goal: at most 1% worse than interleaved, over seeds.
+GOAL_SAVING = 0.20  # ... with training and inference steps each at least 20% faster.
+
+
+def interleaved(depth):
+    """Transformer-XL's stack at this depth, the baseline: (AD) repeated; None at an odd depth, which has none."""
+    return "AD" * (depth // 2) if depth % 2 == 0 else None
+
+
+def par_ratios(architecture, ratios):
+    """The ratios whose config.par_architecture at this depth is this architecture (none, one or several)."""
+    return [ratio for ratio in ratios if par_architecture(len(architecture), ratio) == architecture]
+
+
+def role(architecture, ratios):
+    """How the write-up names a network: "interleaved", "par_ratio=5, 6, 8" (each ratio it is the layout of), both
+    joined by " = " should one network be both, else the architecture string."""
+    names = ["interleaved"] if architecture == interleaved(len(architecture)) else []
+    if matched := par_ratios(architecture, ratios):
+        names.append("par_ratio=" + ", ".join(f"{ratio:g}" for ratio in matched))
+    return " = ".join(names) or architecture
+
+
+def runs_by_depth(directories):
+    """{depth: [run directories]}, shallowest first, and {depth: the config record of its first run}. Refuses a run
+    without a fixed architecture (a search), and depths trained on different data (the gaps would not compare)."""
+    by_depth, records = {}, {}
+    for directory in directories:
+        record = read_record(Run(directory).config_path)
+        architecture = record["model"].get("architecture")
+        if not architecture:
+            raise ValueError(f"{directory}: its config.json has no fixed architecture; a search is not a stage-2 run.")
+        depth = len(architecture)
+        by_depth.setdefault(depth, []).append(directory)
+        records.setdefault(depth, (directory, record))
+    first_directory, first = next(iter(records.values()), (None, None))
+    for directory, record in records.values():
+        if field := first_difference(dict(data=first["data"]), dict(data=record["data"])):
+            raise ValueError(f"{directory} and {first_directory} differ in {field}: the depths are compared on one "
+                             "data set.")
+    return dict(sorted(by_depth.items())), {depth: record for depth, (_, record) in sorted(records.items())}
+
+
+def bench_by_depth(paths):
+    """{depth: the bench.py report that times its networks}; a report may time several depths, but two reports
+    may not time one."""
+    reports = {}
+    for path in paths:
+        for depth in sorted({len(result["architecture"]) for result in read_json(path)["results"]}):
+            if depth in reports:
+                raise ValueError(f"{path} and {reports[depth]} both time {depth}-block networks: give one report "
+                                 "per depth.")
+            reports[depth] = path
+    return reports
+
+
+def gap(mean, std, base_mean, base_std):
+    """(mean / base_mean - 1, its error propagated from both spreads to first order; None where one is unmeasured)."""
+    ratio = mean / base_mean
+    if std is None or base_std is None:
+        return ratio - 1, None
+    return ratio - 1, ratio * math.hypot(std / mean, base_std / base_mean)
+
+
+def savings(costs, architecture, baseline):
+    """(training, inference) step time saved against the baseline, as fractions; (None, None) without costs."""
+    if costs is None:
+        return None, None
+    return tuple(1 - cost / base for cost, base in zip(costs[architecture], costs[baseline]))
+
+
+def depth_rows(depth, groups, ratios, costs=None):
+    """One dict per network of one depth (groups as pareto.stage2_scores gives them; costs as pareto.step_costs, or
+    None): its seeds and scores, gap to interleaved and savings. Interleaved first, then by ratio, then by string."""
+    baseline = interleaved(depth)
+    if baseline not in groups:
+        raise ValueError(f"{depth} blocks: no interleaved run ({baseline or '(AD) repeated'}), which the gaps are "
+                         "measured against.")
+    base_mean, base_std = mean_and_std(groups[baseline]["valid"])
+    rows = []
+    for architecture, group in groups.items():
+        seeds = group["seed"]
+        if len(set(seeds)) < len(seeds):
+            repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+            raise ValueError(f"{architecture} has seed {repeated[0]} more than once: a run given twice?")
+        mean, std = mean_and_std(group["valid"])
+        change, change_error = (0.0, None) if architecture == baseline else gap(mean, std, base_mean, base_std)
+        train_saving, inference_saving = savings(costs, architecture, baseline)
+        rows.append(dict(depth=depth, architecture=architecture, role=role(architecture, ratios),
+                         ratios=par_ratios(architecture, ratios), valid=dict(sorted(zip(seeds, group["valid"]))),
+                         mean=mean, std=std, gap=change, gap_error=change_error,
+                         train_saving=train_saving, inference_saving=inference_saving))
+    return sorted(rows, key=lambda r: (r["architecture"] != baseline, min(r["ratios"], default=math.inf),
+                                       r["architecture"]))
+
+
+def percent(fraction):
+    return "—" if fraction is None else f"{100 * fraction:.0f}%"
+
+
+def gap_text(row):
+    """"+1.9 ± 0.4%", or the gap alone where its error is not measured; "—" for interleaved itself."""
+    if row["architecture"] == interleaved(row["depth"]):
+        return "—"
+    error = "" if row["gap_error"] is None else f" ± {100 * row['gap_error']:.1f}"
+    return f"{100 * row['gap']:+.1f}{error}%"
+
+
+def markdown(rows, score):
+    unit, digits = ("bits/char", 3) if score == "bits_per_character" else ("word ppl", 1)
+    lines = [f"| blocks | network | architecture | seeds | valid {unit} | per seed | vs interleaved | training saving "
+             "| inference saving |", "| ---: | --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for r in rows:
+        baseline = r["architecture"] == interleaved(r["depth"])
+        per_seed = ", ".join(f"s{seed} {value:.{digits}f}" for seed, value in r["valid"].items())
+        lines.append(f"| {r['depth']} | {r['role']} | `{r['architecture']}` | {len(r['valid'])} "
+                     f"| {with_spread(r['mean'], r['std'], digits)} | {per_seed} | {gap_text(r)} "
+                     f"| {'—' if baseline else percent(r['train_saving'])} "
+                     f"| {'—' if baseline else percent(r['inference_saving'])} |")
+    return "\n".join(lines)
+
+
+def notes(rows, records, reports, eval_mem_lens):
+    """The lines under the table: where each depth's savings come from, how its recipe differs from the shallowest
+    depth's, and each network that is the layout of several ratios."""
+    lines = []
+    depths = list(records)
+    for depth in depths:
+        if depth in reports:
+            lines.append(f"{depth} blocks: savings from {reports[depth]} (inference at memory "
+                         f"{eval_mem_lens[depth]}).")
+        else:
+            lines.append(f"{depth} blocks: no bench report times these networks, so no savings.")
+        changed = [f"{name} {left} -> {right}"
+                   for name, left, right in differences(recipe(records[depths[0]]), recipe(records[depth]))]
+        if changed:
+            lines.append(f"{depth} blocks: recipe differs from {depths[0]} blocks' in {', '.join(changed)}.")
+    for r in rows:
+        if len(r["ratios"]) > 1:
+            listed = ", ".join(f"{ratio:g}" for ratio in r["ratios"][:-1]) + f" and {r['ratios'][-1]:g}"
+            lines.append(f"{r['depth']} blocks: {r['architecture']} is the layout of par_ratio {listed}: one network, "
+                         "listed once.")
+    for depth, path in sorted(reports.items()):
+        if depth not in records:
+            lines.append(f"{path} times {depth}-block networks, of which no run is given: not used.")
+    return lines
+
+
+def ratio_rows(rows, ratio, key):
+    """The rows of the networks that are this ratio's layout (one a depth), shallowest first, where key is measured."""
+    return sorted((r for r in rows if ratio in r["ratios"] and r[key] is not None), key=lambda r: r["depth"])
+
+
+def chart(rows, ratios, score, title):
+    """The figure: each ratio's gap to interleaved against depth (error bars over seeds, the goal band shaded), and
+    where any bench report was given, its training (solid, filled) and inference (dashed, hollow) savings against
+    depth beside it. A network that is several ratios' layout is a point of each of their lines: their markers,
+    smaller for each later ratio, nest rather than hide each other."""
+    with_savings = any(r["train_saving"] is not None for r in rows)
+    figure, panels = plt.subplots(1, 1 + with_savings, figsize=(5.5 * (1 + with_savings), 4.2), dpi=100, squeeze=False)
+    panels = panels[0]
+    depths = sorted({r["depth"] for r in rows})
+    styles = {ratio: dict(color=f"C{index % 10}", marker="o", markersize=max(3, 9 - 2 * index))
+              for index, ratio in enumerate(ratios)}
+    gaps = panels[0]
+    for ratio in ratios:
+        if points := ratio_rows(rows, ratio, "gap"):
+            gaps.errorbar([r["depth"] for r in points], [100 * r["gap"] for r in points], capsize=3,
+                          yerr=[math.nan if r["gap_error"] is None else 100 * r["gap_error"] for r in points],
+                          label=f"par_ratio={ratio:g}", **styles[ratio])
+    gaps.axhline(0, color="black", linewidth=0.8, label="interleaved")
+    bottom, top = gaps.get_ylim()
+    bottom = min(bottom, -1.0)
+    gaps.axhspan(bottom, 100 * GOAL_GAP, color="tab:green", alpha=0.12, label=f"goal: gap <= {100 * GOAL_GAP:g}%")
+    gaps.set_ylim(bottom, max(top, 2 * 100 * GOAL_GAP))
+    unit = "bits per character" if score == "bits_per_character" else "word perplexity"
+    gaps.set_ylabel(f"validation {unit} vs interleaved, %\n(mean ± std over seeds)")
+    gaps.legend(fontsize=8)
+    if with_savings:
+        saved = panels[1]
+        for ratio in ratios:
+            for key, linestyle, name in (("train_saving", "-", "training"), ("inference_saving", "--", "inference")):
+                if points := ratio_rows(rows, ratio, key):
+                    hollow = dict(markerfacecolor="white") if name == "inference" else {}
+                    saved.plot([r["depth"] for r in points], [100 * r[key] for r in points], linestyle=linestyle,
+                               label=f"par_ratio={ratio:g}, {name}", **styles[ratio], **hollow)
+        goal = saved.axhline(100 * GOAL_SAVING, color="tab:green", linestyle=":",
+                             label=f"goal: {100 * GOAL_SAVING:g}% less time")
+        saved.set_ylabel("step time saved vs interleaved, %\n(bench.py, one run per depth)")
+        # Colours name the ratios in the first panel's legend; this one names the line styles.
+        saved.legend(handles=[Line2D([], [], color="gray", marker="o", linestyle="-", label="training step"),
+                              Line2D([], [], color="gray", marker="o", markerfacecolor="white", linestyle="--",
+                                     label="inference step"), goal], fontsize=8)
+    for axes in panels:
+        axes.set_xticks(depths)
+        axes.set_xlabel("blocks")
+        axes.grid(alpha=0.3)
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def parsed_ratios(values):
+    """--ratios as numbers; a value that is not a positive number is an error naming it."""
+    try:
+        ratios = [float(value) for value in values]
+    except ValueError:
+        ratios = []
+    if not ratios or min(ratios) <= 0:
+        raise ValueError(f"--ratios={','.join(values)}: give positive numbers (blocks per attention block), "
+                         "e.g. 4,5,6,8.")
+    return ratios
+
+
+def main(argv):
+    try:
+        ratios = parsed_ratios(FLAGS.ratios)
+        if not argv[1:]:
+            raise ValueError("name the stage-2 run directories (globs) as arguments.")
+        by_depth, records = runs_by_depth(run_directories(argv[1:]))
+        reports = bench_by_depth([path for value in FLAGS.bench for path in value.split(",") if path])
+        rows, eval_mem_lens, score = [], {}, None
+        for depth, directories in by_depth.items():
+            groups, score = stage2_scores(directories)
+            costs = None
+            if depth in reports:
+                costs, eval_mem_lens[depth] = step_costs(reports[depth], list(groups))
+            rows += depth_rows(depth, groups, ratios, costs)
+    except (ValueError, OSError) as error:
+        sys.exit(f"depth.py: error: {error}")
+    print(markdown(rows, score))
+    print("\n".join(notes(rows, records, reports, eval_mem_lens)))
+    if FLAGS.output:
+        write_whole(FLAGS.output, png_bytes(chart(rows, ratios, score, FLAGS.title)))
+        print(f"Wrote {FLAGS.output}.")
+
+
+def define_flags():
+    flags.DEFINE_multi_string("bench", [], "bench.py JSON report timing one depth's networks (repeat it, or give a "
+                              "comma-separated list, one report per depth); a depth without one has no savings.")
+    flags.DEFINE_list("ratios", ["4", "5", "6", "8"], "The --par_ratio values whose layouts are named and drawn.")
+    flags.DEFINE_string("output", None, "Where to write the chart (PNG); unset: the table only.")
+    flags.DEFINE_string("title", "", "The chart's title.")
+    return define_verbose_flag()
+
+
+if __name__ == "__main__":
+    FLAGS = define_flags()
+    app.run(main)
