@@ -22,6 +22,10 @@ class CheckpointError(RuntimeError):
     """No checkpoint of a run can be read; the message names them."""
 
 
+class IncompleteCheckpointError(ValueError):
+    """A checkpoint that lacks some of the model's variables; the message names it."""
+
+
 def checkpoint_paths(checkpoint_dir):
     """The checkpoint prefixes in a directory, newest first, read from their index files, not from
     the `checkpoint` state file, which a kill may leave stale or damaged."""
@@ -146,6 +150,10 @@ def load_model(path, mem_len=None):
     if checkpoint is None:
         raise ValueError(f"{run.directory}: no checkpoint yet.")
     # The optimizers' state is left unread; every model variable must be found.
-    tf.train.Checkpoint(model_variables=list(model.variables)).restore(checkpoint).expect_partial() \
-        .assert_existing_objects_matched()
+    status = tf.train.Checkpoint(model_variables=list(model.variables)).restore(checkpoint).expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError:
+        raise IncompleteCheckpointError(f"{checkpoint}: lacks variables of the model that {run.config_path} "
+                                        f"describes; it was saved from another model.") from None
     return model, record
