@@ -1,14 +1,18 @@
-"""generate.py: several samples at once, each ending at its line's end when asked, greedy at temperature 0; a
-character dataset's bytes round-trip; data rebuilt otherwise, a damaged or missing export or data file and bad flags
-each fail with one line naming it."""
+"""generate.py: several samples at once, each ending at its line's end when asked, greedy at temperature 0; the
+benchmark's eager baseline draws what the compiled sampler draws; a character dataset's bytes round-trip; data rebuilt
+otherwise, a damaged or missing export or data file and bad flags each fail with one line naming it."""
 import shutil
 
 import pytest
 import tensorflow as tf
 
+import checkpoints
 import data_utils
-from config import METADATA_FILE, TOKENIZER_FILE
-from conftest import build_small_character_dataset, build_small_dataset, error_line, make_run, run_script, write_corpus
+import generate
+import sampler
+from config import METADATA_FILE, TOKENIZER_FILE, ModelConfig
+from conftest import (TINY_MODEL, build_small_character_dataset, build_small_dataset, error_line, make_run, run_script,
+                      write_corpus)
 
 
 def test_greedy_samples_of_one_prompt_are_alike_and_end_with_their_line(trained_run):
@@ -17,6 +21,13 @@ def test_greedy_samples_of_one_prompt_are_alike_and_end_with_their_line(trained_
     assert result.returncode == 0, result.stderr
     samples = result.stdout.removesuffix("\n").split("\n---------------\n")
     assert len(samples) == 3 and len(set(samples)) == 1 and "\n" not in samples[0] and samples[0].startswith("the of")
+
+
+def test_the_benchmarks_eager_baseline_draws_what_the_compiled_sampler_draws():
+    model = checkpoints.build_model(ModelConfig(vocab_size=40, cutoffs=(10,), **TINY_MODEL))
+    prompt = [5, 9, 2, 7]
+    eager = generate.eager_sample_ids(model, prompt, 12, temperature=1.0, top_k=0, top_p=1.0, seed=3)
+    assert sampler.sample_ids(model, tf.ragged.constant([prompt]), 12, 1.0, seed=3).to_list() == [prompt + eager]
 
 
 def test_generate_from_a_checkpoint_refuses_its_data_once_rebuilt_otherwise(tmp_path):
