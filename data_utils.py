@@ -559,7 +559,7 @@ class CharacterTokenizer(tf.Module):
                 if stray:
                     raise DataError(f"{line.decode(errors='replace')!r}: bytes outside the dataset's alphabet "
                                     f"({', '.join(f'0x{byte:02x}' for byte in sorted(set(stray)))}).")
-        tf.debugging.assert_non_negative(ids.flat_values, message="bytes outside the alphabet of the dataset")
+        tf.debugging.Assert(tf.reduce_all(ids.flat_values >= 0), ["bytes outside the alphabet of the dataset"])
         end_of_line = tf.fill([tf.shape(lines)[0], 1], tf.constant(EOL_ID, tf.int32))
         return tf.concat([ids, tf.RaggedTensor.from_tensor(end_of_line)], axis=1)
 

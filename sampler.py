@@ -17,6 +17,13 @@ import tensorflow as tf
 from data_utils import EOL_ID, PAD_ID
 
 
+def check(valid, message):
+    """Raises InvalidArgumentError(message) unless `valid` (a bool tensor). In a graph, one Assert op that shows
+    only the message: tf.debugging's asserts also show their tensors, inside a cond that Grappler's loop
+    optimizer warns about."""
+    tf.debugging.Assert(valid, [message])
+
+
 def filter_logits(logits, top_k, top_p):
     """[B, V] -> [B, V], -inf outside each row's top_k logits (0: all of them) and outside its nucleus,
     the fewest most likely tokens whose probability reaches top_p (the one that crosses it kept). A
@@ -53,13 +60,13 @@ def sample_ids(model, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1
     temperature, top_p = tf.cast(temperature, tf.float32), tf.cast(top_p, tf.float32)
     top_k, max_new_tokens = tf.cast(top_k, tf.int32), tf.cast(max_new_tokens, tf.int32)
     stop_at_eol, seed = tf.cast(stop_at_eol, tf.bool), tf.cast(seed, tf.int64)
-    tf.debugging.assert_non_negative(max_new_tokens, message="max_new_tokens must be 0 or more")
-    tf.debugging.assert_non_negative(temperature, message="temperature must be 0 (greedy) or more")
-    tf.debugging.assert_non_negative(top_k, message="top_k must be 0 (all tokens) or more")
-    tf.debugging.assert_positive(top_p, message="top_p must be in (0, 1]")
-    tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]")
     prompt_lengths = tf.cast(prompts.row_lengths(), tf.int32)  # [B]
-    tf.debugging.assert_positive(prompt_lengths, message="every prompt needs at least one id")
+    for valid, message in [(max_new_tokens >= 0, "max_new_tokens must be 0 or more"),
+                           (temperature >= 0, "temperature must be 0 (greedy) or more"),
+                           (top_k >= 0, "top_k must be 0 (all tokens) or more"),
+                           ((top_p > 0) & (top_p <= 1), "top_p must be in (0, 1]"),
+                           (tf.reduce_all(prompt_lengths > 0), "every prompt needs at least one id")]:
+        check(valid, message)
     # [B, L + 1]: the prompts, then room for the new ids and a spare column, written and never read back.
     ids = tf.pad(prompts.to_tensor(PAD_ID), [[0, 0], [0, max_new_tokens + 1]], constant_values=PAD_ID)
     columns = tf.range(tf.shape(ids)[1])  # [L + 1]
