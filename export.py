@@ -80,7 +80,7 @@ def score_ids(model, ids, seq_len, eval_mode="mix"):
     return nll, tf.reduce_sum(tf.cast(tf.not_equal(targets, PAD_ID), tf.int32), axis=[1, 2])
 
 
-# The argument and result types of TextModel's functions, the export's signatures.
+# The arguments of TextModel's functions: the export's signatures.
 GENERATE_SIGNATURE = [
     tf.TensorSpec([None], tf.string, name="prompt"), tf.TensorSpec([], tf.int32, name="max_new_tokens"),
     tf.TensorSpec([], tf.float32, name="temperature"), tf.TensorSpec([], tf.int32, name="top_k"),

@@ -106,7 +106,8 @@ def test_a_character_datasets_export_maps_its_bytes_in_the_graph(tmp_path):
     loaded = tf.saved_model.load(str(make_run(tmp_path, data_dir).export_dir))
     sample = loaded.generate(["the ca"], 20, 0.0, 0, 1.0, 0, False).numpy()[0]
     assert sample.startswith(b"the ca") and set(sample) <= set(b"abcdefghijklmnopqrstuvwxyz \n")
-    assert loaded.score(["the cat", "a\n\n"])["tokens"].numpy().tolist() == [7, 2]  # Each byte and line end but the first.
+    # Each byte and line end is scored but the first.
+    assert loaded.score(["the cat", "a\n\n"])["tokens"].numpy().tolist() == [7, 2]
     with pytest.raises(tf.errors.InvalidArgumentError, match="bytes outside the alphabet of the dataset"):
         loaded.score(["The cat."])
 
