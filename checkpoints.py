@@ -12,6 +12,7 @@ import data_utils
 import reliability
 from config import METADATA_FILE, TOKENIZER_FILE, ModelConfig
 from devices import dtype_policy
+from export import write_saved_model
 from model import TransformerXL
 from runs import EXPORT_WEIGHTS, Run
 
@@ -20,6 +21,10 @@ KEEP_LATEST = 2  # Checkpoints kept besides the best: the newest, and one to fal
 
 class CheckpointError(RuntimeError):
     """No checkpoint of a run can be read; the message names them."""
+
+
+class IncompleteCheckpointError(ValueError):
+    """A checkpoint that lacks some of the model's variables; the message names it."""
 
 
 def checkpoint_paths(checkpoint_dir):
@@ -94,15 +99,19 @@ def remove_unfinished_saves(run):
                 shutil.rmtree(unfinished)
 
 
-def export(model, run, data_dir):
+def export(model, run, data_dir, eval_mode="mix"):
     """Writes the run's export: its config, the weights and the tokenizer, all that evaluate.py and
-    generate.py need. It replaces the old export only once complete."""
+    generate.py need, and with them a SavedModel that takes and gives text and loads without this
+    code (export.py), a SuperNet in eval_mode. It replaces the old export only once complete."""
     with reliability.written_whole(run.export_dir) as directory:
         shutil.copyfile(run.config_path, directory / run.config_path.name)
         model.save_weights(str(directory / EXPORT_WEIGHTS))
         for name in (METADATA_FILE, TOKENIZER_FILE):
-            if (pathlib.Path(data_dir) / name).is_file():  # Synthetic datasets have no tokenizer.
+            if (pathlib.Path(data_dir) / name).is_file():
                 shutil.copyfile(pathlib.Path(data_dir) / name, directory / name)
+        if "tokenizer" in data_utils.load_metadata(directory):  # Synthetic datasets have none, so no text.
+            write_saved_model(model, data_utils.load_tokenizer(directory), run.read_config()["data"]["seq_len"],
+                              directory, eval_mode)
 
 
 def build_model(model_config, precision="float32"):
@@ -146,6 +155,10 @@ def load_model(path, mem_len=None, clamp_len=None):
     if checkpoint is None:
         raise ValueError(f"{run.directory}: no checkpoint yet.")
     # The optimizers' state is left unread; every model variable must be found.
-    tf.train.Checkpoint(model_variables=list(model.variables)).restore(checkpoint).expect_partial() \
-        .assert_existing_objects_matched()
+    status = tf.train.Checkpoint(model_variables=list(model.variables)).restore(checkpoint).expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError:
+        raise IncompleteCheckpointError(f"{checkpoint}: lacks variables of the model that {run.config_path} "
+                                        f"describes; it was saved from another model.") from None
     return model, record

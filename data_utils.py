@@ -508,13 +508,15 @@ def frequency_ranking(sentencepiece_counts):
     return rank
 
 
-class Tokenizer:
-    """SentencePiece applied in the TF graph, with ids ranked by training frequency.
+class Tokenizer(tf.Module):
+    """SentencePiece applied in the TF graph, with ids ranked by training frequency. A tf.Module, so that a
+    SavedModel holds it with the model (the export).
 
-    `encode` maps strings to model ids (each line followed by the end-of-line id); `decode` inverts it.
+    `encode` maps lines to model ids (each line followed by the end-of-line id); `decode` maps rows of ids back to text.
     """
 
     def __init__(self, model_proto, rank):
+        super().__init__()
         # Imported here, not with the module: it holds 130 MB, which training SentencePiece (build_data.py's peak)
         # and a character corpus do without.
         import tensorflow_text as tf_text
@@ -535,48 +537,74 @@ class Tokenizer:
         return tf.ragged.map_flat_values(lambda ids: tf.gather(self._to_model_id, ids), self.encode_sentencepiece(lines))
 
     def decode(self, ids):
-        """Model ids [T] -> one string in which every end-of-line id becomes a line break."""
-        ids = tf.gather(self._to_sentencepiece_id, ids)
-        line_of_id = tf.cumsum(tf.cast(tf.equal(ids, EOL_ID), tf.int32), exclusive=True)
-        lines = tf.RaggedTensor.from_value_rowids(ids, line_of_id)  # End-of-line is a control piece: not printed.
-        return tf.strings.reduce_join(self._sentencepiece.detokenize(lines), separator="\n")
+        """Model ids, ragged [B, (T)] -> [B] strings in which every end-of-line id becomes a line break.
+
+        Each row is cut into lines after each end-of-line id (a control piece, so not printed), the ids
+        after the last one a line too, and SentencePiece detokenizes the lines of all rows at once.
+        """
+        ids = tf.ragged.map_flat_values(lambda model_ids: tf.gather(self._to_sentencepiece_id, model_ids), ids)
+        ends = tf.cast(tf.equal(ids, EOL_ID), tf.int32)  # [B, (T)]
+        lines_per_row = tf.reduce_sum(ends, axis=1) + 1  # [B]
+        # A row's lines follow those of the rows before it, each of which has one more line than line ends.
+        line = tf.cumsum(ends.flat_values, exclusive=True) + tf.cast(ids.value_rowids(), tf.int32)
+        lines = tf.RaggedTensor.from_value_rowids(ids.flat_values, line, nrows=tf.reduce_sum(lines_per_row))
+        line_breaks = tf.where(tf.reduce_any(tf.equal(lines, EOL_ID), axis=1), "\n", "")
+        text_lines = self._sentencepiece.detokenize(lines) + line_breaks
+        # Joined without a separator: a ragged reduce_join with one drops a row's leading empty lines.
+        return tf.strings.reduce_join(tf.RaggedTensor.from_row_lengths(text_lines, lines_per_row), axis=1)
 
 
-class CharacterTokenizer:
-    """A character dataset's bytes <-> ids (character_ranking), with Tokenizer's encode and decode; eager only."""
+class CharacterTokenizer(tf.Module):
+    """A character dataset's bytes <-> ids (character_ranking) in the TF graph, with Tokenizer's encode and decode."""
 
     def __init__(self, id_of_byte):
-        self._id_of_byte = np.asarray(id_of_byte, np.int32)
-        self._byte_of_id = np.zeros(self._id_of_byte.max() + 1, np.uint8)
-        known = np.flatnonzero(self._id_of_byte >= 0)
-        self._byte_of_id[self._id_of_byte[known]] = known
-        self._byte_of_id[EOL_ID] = ord("\n")
-        self.vocab_size = len(self._byte_of_id)
+        super().__init__()
+        id_of_byte = np.asarray(id_of_byte, np.int32)
+        byte_of_id = np.zeros(id_of_byte.max() + 1, np.uint8)
+        known = np.flatnonzero(id_of_byte >= 0)
+        byte_of_id[id_of_byte[known]] = known
+        byte_of_id[EOL_ID] = ord("\n")
+        self._id_of_byte = tf.constant(id_of_byte)
+        self._text_of_id = tf.constant([b"" if i == PAD_ID else bytes([byte]) for i, byte in enumerate(byte_of_id)])
+        self.vocab_size = len(byte_of_id)
 
     def encode(self, lines):
-        """[N] strings -> ragged [N, (bytes + 1)] ids; a byte outside the dataset's alphabet is a DataError."""
-        rows = []
-        for line in lines.numpy():
-            line_bytes = np.frombuffer(line, np.uint8)
-            ids = self._id_of_byte[line_bytes]
-            if (ids < 0).any():
-                raise DataError(f"{line.decode(errors='replace')!r}: bytes outside the dataset's alphabet "
-                                f"({', '.join(f'0x{byte:02x}' for byte in np.unique(line_bytes[ids < 0]))}).")
-            rows.append([*ids.tolist(), EOL_ID])
-        return tf.ragged.constant(rows, tf.int32)
+        """[N] strings -> ragged [N, (bytes + 1)] ids. A byte outside the dataset's alphabet is a DataError
+        naming it when run eagerly, an InvalidArgumentError in a graph (the export)."""
+        byte_values = tf.ragged.map_flat_values(lambda one_byte: tf.reshape(tf.io.decode_raw(one_byte, tf.uint8), [-1]),
+                                                tf.strings.bytes_split(lines))
+        ids = tf.ragged.map_flat_values(lambda values: tf.gather(self._id_of_byte, tf.cast(values, tf.int32)),
+                                        byte_values)
+        if tf.executing_eagerly():
+            for line, stray in zip(lines.numpy(), tf.ragged.boolean_mask(byte_values, ids < 0).to_list()):
+                if stray:
+                    raise DataError(f"{line.decode(errors='replace')!r}: bytes outside the dataset's alphabet "
+                                    f"({', '.join(f'0x{byte:02x}' for byte in sorted(set(stray)))}).")
+        tf.debugging.Assert(tf.reduce_all(ids.flat_values >= 0), ["bytes outside the alphabet of the dataset"])
+        end_of_line = tf.fill([tf.shape(lines)[0], 1], tf.constant(EOL_ID, tf.int32))
+        return tf.concat([ids, tf.RaggedTensor.from_tensor(end_of_line)], axis=1)
 
     def decode(self, ids):
-        """Ids [T] -> one string of their bytes, end-of-line as a line break (padding as nothing)."""
-        ids = np.asarray(ids)
-        return tf.constant(self._byte_of_id[ids[ids != PAD_ID]].tobytes())
+        """Ids, ragged [B, (T)] -> [B] strings of their bytes, end-of-line as a line break (padding as nothing)."""
+        return tf.strings.reduce_join(tf.gather(self._text_of_id, ids), axis=-1)
 
 
 def load_tokenizer(data_dir):
-    """The tokenizer of the dataset (or export) in data_dir: SentencePiece's, or a character dataset's byte map."""
-    tokenizer = load_metadata(data_dir)["tokenizer"]
+    """The tokenizer of the dataset (or export) in data_dir: SentencePiece's, or a character dataset's byte map.
+    A DataError names a dataset without one (synthetic) or a SentencePiece model that does not read."""
+    metadata = load_metadata(data_dir)
+    if "tokenizer" not in metadata:
+        raise DataError(f"{pathlib.Path(data_dir) / METADATA_FILE}: no tokenizer; synthetic ids stand for no text.")
+    tokenizer = metadata["tokenizer"]
     if "id_of_byte" in tokenizer:
         return CharacterTokenizer(tokenizer["id_of_byte"])
-    return Tokenizer((pathlib.Path(data_dir) / tokenizer["model_file"]).read_bytes(), tokenizer["id_rank"])
+    path = pathlib.Path(data_dir) / tokenizer["model_file"]
+    proto = path.read_bytes()
+    try:  # Checked here by the sentencepiece package: TensorFlow's op fails at its first use, naming no file.
+        spm.SentencePieceProcessor(model_proto=proto)
+    except RuntimeError:
+        raise DataError(f"{path}: not a SentencePiece model; the file is truncated or damaged.") from None
+    return Tokenizer(proto, tokenizer["id_rank"])
 
 
 def character_ranking(alphabet, train_counts):

@@ -7,7 +7,7 @@
     logs/<model_name>/pi_history.jsonl      a SuperNet's pi at every logged step
     logs/<model_name>/pi.gif, pi.png        its animation and last frame (plot_arch.py)
     logs/<model_name>/results.json          the final validation and test scores
-    logs/<model_name>/export/               config.json, model.weights.h5 and the tokenizer
+    logs/<model_name>/export/               config.json, model.weights.h5, the tokenizer, and a SavedModel (export.py)
     logs/<model_name>/train.lock            held by the one process training in it (reliability.RunLock)
 
 Imports no TensorFlow, so that plot_arch.py reads a run without it; saving and restoring the

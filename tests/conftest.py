@@ -99,7 +99,8 @@ def build_small_character_dataset(root):
 
 
 def make_run(root, data_dir):
-    """A run directory on `data_dir` with its config.json, a checkpoint ckpt-1 and an export of untrained weights."""
+    """A run directory on `data_dir` with its config.json, a checkpoint ckpt-1 and an export of untrained weights,
+    computing in float32 as its config says."""
     import tensorflow as tf
 
     import checkpoints
@@ -111,7 +112,7 @@ def make_run(root, data_dir):
     model_config = ModelConfig(vocab_size=metadata["vocab_size"], cutoffs=(), **TINY_MODEL)
     run = runs.Run(root / "run")
     run.directory.mkdir()
-    run.check_or_save_config(runs.config_record(model_config, TrainConfig(), data_dir, metadata))
+    run.check_or_save_config(runs.config_record(model_config, TrainConfig(precision="float32"), data_dir, metadata))
     model = checkpoints.build_model(model_config)
     tf.train.Checkpoint(model_variables=list(model.variables)).save(str(run.checkpoint_dir / "ckpt"))  # ckpt-1, the latest.
     checkpoints.export(model, run, data_dir)

@@ -1,5 +1,6 @@
 """checkpoints.py: a trained model loads alike from its run, its checkpoints and its export; a checkpoint that
 lacks a model variable is refused rather than loaded in part."""
+import re
 import shutil
 
 import numpy as np
@@ -29,5 +30,5 @@ def test_a_checkpoint_that_lacks_a_model_variable_is_refused(trained_run, tmp_pa
     model, _ = checkpoints.load_model(trained_run.directory)
     prefix = tf.train.Checkpoint(model_variables=list(model.variables)[:-1]).save(str(tmp_path / "checkpoints" / "ckpt"))
     (tmp_path / "config.json").write_bytes(trained_run.config_path.read_bytes())
-    with pytest.raises(AssertionError):
+    with pytest.raises(checkpoints.IncompleteCheckpointError, match=re.escape(f"{prefix}: lacks variables")):
         checkpoints.load_model(prefix)

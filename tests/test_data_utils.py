@@ -205,11 +205,17 @@ def tokenizer_and_rank(tmp_path_factory):
     return data_utils.Tokenizer(proto, rank), lines, counts
 
 
-def test_decode_inverts_encode(tokenizer_and_rank):
+def test_decode_inverts_encode_for_each_row_of_a_batch(tokenizer_and_rank):
     tokenizer, _, _ = tokenizer_and_rank
     text = SENTENCES + ["", "Mixed Case becomes lower"]
     ids = tokenizer.encode(tf.constant(text)).flat_values
-    assert tokenizer.decode(ids).numpy().decode() == "\n".join(line.lower() for line in text)
+    assert tokenizer.decode(tf.RaggedTensor.from_row_lengths(ids, [0, len(ids)])).numpy().tolist() == [
+        b"", "".join(line.lower() + "\n" for line in text).encode()]
+    # Rows that start with a line end, hold only line ends, or end within a line keep each of them.
+    rows = [tokenizer.encode(tf.constant(lines)).flat_values.numpy().tolist()
+            for lines in (["", "a cat"], [""], ["a cat"])]
+    rows[2] = rows[2][:-1]
+    assert tokenizer.decode(tf.ragged.constant(rows)).numpy().tolist() == [b"\na cat\n", b"\n", b"a cat"]
 
 
 def test_wikitext_unk_is_one_piece_and_lines_end_with_end_of_line(tokenizer_and_rank):
@@ -217,8 +223,8 @@ def test_wikitext_unk_is_one_piece_and_lines_end_with_end_of_line(tokenizer_and_
     encoded = tokenizer.encode(tf.constant(["<unk>", ""])).to_list()
     assert encoded[1] == [data_utils.EOL_ID]
     assert encoded[0][-1] == data_utils.EOL_ID
-    pieces = [p for p in encoded[0][:-1] if tokenizer.decode([p]).numpy().decode() != ""]
-    assert len(pieces) == 1 and tokenizer.decode(pieces).numpy().decode() == "<unk>"
+    pieces = [p for p in encoded[0][:-1] if tokenizer.decode(tf.ragged.constant([[p]])).numpy()[0] != b""]
+    assert len(pieces) == 1 and tokenizer.decode(tf.ragged.constant([pieces])).numpy()[0] == b"<unk>"
 
 
 def test_ranked_ids_have_non_increasing_training_frequency(tokenizer_and_rank):
