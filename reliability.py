@@ -4,6 +4,7 @@
     Writes             write_whole, write_json, append_line, written_whole (a folder): whole or not at all.
     A full disk        DiskFullError names the path and the space left; save_checkpoint keeps the previous
                        checkpoints as they were; naming_a_full_disk wraps any other write.
+    An unwritable run  check_writable: a read-only or unwritable folder refused before any work.
     A stop signal      StopSignals turns SIGTERM and SIGINT into a request to stop at the next step
                        boundary, after a checkpoint; Interrupted carries the exit status, 128 + the signal.
     A second process   RunLock: one training process per run directory (an flock, which dies with its
@@ -25,6 +26,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 
 
 class RunError(RuntimeError):
@@ -112,6 +114,30 @@ def written_whole(directory):
         raise
     shutil.rmtree(directory, ignore_errors=True)
     staging.rename(directory)
+
+
+# ---------------------------------------------------------------------------------------------
+# An unwritable run folder.
+
+
+def check_writable(folder, flag):
+    """Returns `folder`, or raises RunError naming it (set by `flag`) where this process cannot write in it or
+    create it: a read-only filesystem, a folder it may not write, a path through a file.
+
+    Tried by writing an unnamed file in it or its nearest existing folder, which leaves nothing behind:
+    the permission bits alone cannot tell, as root ignores them.
+    """
+    folder = pathlib.Path(folder)
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        where = "" if existing == folder.absolute() else f" at {existing}"
+        raise RunError(f"{flag}: cannot write in {folder} ({error.strerror}{where}); pass a {flag} this process "
+                       f"can write in.") from None
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------

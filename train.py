@@ -425,12 +425,12 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"train.py: error: unexpected arguments {argv[1:]}")
     try:
+        run_dir = reliability.check_writable(pathlib.Path(flag_values.logdir) / flag_values.model_name, "--logdir")
         metadata = data_utils.load_metadata(flag_values.data_dir)
         model_config, config, options = configs_from_flags(flag_values, metadata["vocab_size"])
         quiet_tensorflow.hide_info_logs(options.verbose)  # Checkpoint saves log at INFO.
         devices.set_intra_op_threads(options.intra_op_threads)  # Before any TF op, as is the strategy:
         strategy = devices.make_strategy(options.strategy)  # MultiWorkerMirroredStrategy refuses to start after any TF op.
-        run_dir = pathlib.Path(flag_values.logdir) / flag_values.model_name
         # One training process per run (the chief's lock); SIGTERM and SIGINT stop at a step boundary, except under
         # multi_worker, whose workers would first have to agree on the step; a full disk anywhere ends in one line.
         with (reliability.naming_a_full_disk(run_dir),

@@ -166,6 +166,44 @@ def test_only_a_full_disk_is_turned_into_a_disk_full_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# An unwritable run folder. Tests run as root, whom permission bits do not stop: a read-only mount does.
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    """A read-only tmpfs of its own, unmounted at the end; skips where mounting is refused."""
+    disk = tmp_path / "read_only"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_folder_under_a_file_is_unwritable_and_a_new_one_is_checked_without_a_trace(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(reliability.RunError, match=re.escape(
+            f"--logdir: cannot write in {tmp_path / 'file' / 'logs'} (Not a directory at {tmp_path / 'file'}); pass a "
+            f"--logdir this process can write in.")):
+        reliability.check_writable(tmp_path / "file" / "logs", "--logdir")
+    assert reliability.check_writable(tmp_path / "logs" / "base", "--logdir") == tmp_path / "logs" / "base"
+    assert [path.name for path in tmp_path.iterdir()] == ["file"]  # Nothing created, nothing left.
+
+
+def test_train_py_refuses_a_read_only_logdir_in_one_line_before_any_work(read_only_disk, tmp_path):
+    result = subprocess.run([sys.executable, "train.py", f"--logdir={read_only_disk / 'logs'}",
+                             f"--data_dir={tmp_path / 'not_read'}"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert error_line(result, "train.py") == (
+        f"train.py: error: --logdir: cannot write in {read_only_disk / 'logs' / 'base'} (Read-only file system at "
+        f"{read_only_disk}); pass a --logdir this process can write in.")  # Before the data (absent) is read.
+
+
+# ---------------------------------------------------------------------------------------------
 # Stop signals.
 
 
