@@ -283,7 +283,7 @@ def log_epoch_time(log, epoch, steps, step_seconds, wall_seconds, validation_sec
 
 def score(trainer, data_dir, metadata, split, options, log, writer, step):
     """evaluate_both_ways over a split (the pi mixture and, for a SuperNet, its argmax architecture), logged."""
-    results = evaluate_both_ways(trainer.model, data_utils.make_dataset(data_dir, split), metadata["splits"][split],
+    results = evaluate_both_ways(trainer.model, data_utils.split_batches(data_dir, split), metadata["splits"][split],
                                  metadata["batch_size"], trainer.config.jit_compile, options.eval_batches)
     rounded = json.dumps({k: round(v, 4) for k, v in results.items()})
     log.info("step %d validation: %s", step, rounded) if split == "valid" else log.info("%s: %s", split, rounded)

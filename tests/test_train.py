@@ -1,6 +1,7 @@
 """train.py: learning, exact resume (paused, killed, damaged), the NaN guard, the schedules, the whole loop from
 the command line and the notebook, XLA, mixed precision and distribution strategies."""
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -526,3 +527,16 @@ def test_a_truncated_tfrecord_stops_training_with_one_line_and_keeps_the_checkpo
     assert error_line(result, "train.py").startswith(
         f"train.py: error: {record}: damaged at training step 19 (batch 19 of 37 does not read: truncated record")
     assert {path: path.read_bytes() for path in saved} == saved
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_a_truncated_valid_or_test_tfrecord_is_named_with_its_batch(tmp_path, split):
+    data_dir, model_config, config = tiny_stream_run(tmp_path)
+    record = data_dir / data_utils.load_metadata(data_dir)["splits"][split]["files"][0]
+    record.write_bytes(record.read_bytes()[: record.stat().st_size // 2])  # 18.5 of its 37 records.
+    with pytest.raises(data_utils.DamagedRecordError, match=re.escape(
+            f"{record}: damaged (batch 19 of 37 does not read: truncated record at ")):
+        train.train_and_evaluate(model_config, dataclasses.replace(config, epochs=1), data_dir, tmp_path / "run")
+    log = runs.Run(tmp_path / "run").log_path.read_text()
+    assert ("step 37 validation:" in log) == (split == "test")  # The test split is read after the validation.
+
