@@ -6,7 +6,8 @@
                        checkpoints as they were; naming_a_full_disk wraps any other write.
     An unwritable run  check_writable: a read-only or unwritable folder refused before any work.
     A stop signal      StopSignals turns SIGTERM and SIGINT into a request to stop at the next step
-                       boundary, after a checkpoint; Interrupted carries the exit status, 128 + the signal.
+                       boundary (after a checkpoint) or evaluation batch, or at once in an abandoning
+                       block; Interrupted carries the exit status, 128 + the signal.
     A second process   RunLock: one training process per run directory (an flock, which dies with its
                        process, so a killed run's lock is taken over).
 
@@ -228,13 +229,14 @@ class Interrupted(Exception):
 
 
 class StopSignals:
-    """While entered (`with`), SIGTERM and SIGINT only set `requested` (the first one's number), which the
-    training loop reads at each step boundary: it saves a checkpoint there and raises Interrupted.
+    """While entered (`with`), SIGTERM and SIGINT only set `requested` (the first one's number). The run
+    reads it at each step boundary (at_step_boundary), where it saves a checkpoint and raises Interrupted,
+    and between evaluation batches (check); in an `abandoning` block a signal raises Interrupted at once.
 
-    Further signals are recorded like the first, never raised, so nothing can break off a save: a run that
-    must stop at once still can by SIGKILL, and resumes from its last checkpoint. Once a stop was requested
-    the block leaves the signals ignored, as the process is on its way out; otherwise it restores them. Not
-    entered, or with enabled=False, the signals keep their usual effect; requested stays None.
+    Elsewhere further signals are recorded like the first, never raised, so nothing can break off a save:
+    a run that must stop at once still can by SIGKILL, and resumes from its last checkpoint. Once a stop was
+    requested the block leaves the signals ignored, as the process is on its way out; otherwise it restores
+    them. Not entered, or with enabled=False, the signals keep their usual effect; requested stays None.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -243,6 +245,7 @@ class StopSignals:
         self.enabled = enabled
         self.requested = None
         self._previous = {}
+        self._abandon_at = None  # The step an Interrupted raised in an abandoning block names.
 
     def __enter__(self):
         if self.enabled:
@@ -257,6 +260,30 @@ class StopSignals:
 
     def _record(self, signum, frame):
         self.requested = self.requested or signum
+        if self._abandon_at is not None:  # Only once: a second signal must not break off the cleanup.
+            step, self._abandon_at = self._abandon_at, None
+            raise Interrupted(self.requested, step)
+
+    def at_step_boundary(self):
+        """The signal to stop on after this training step (all workers alike), or None; called once a step."""
+        return self.requested
+
+    def check(self, step):
+        """Raises Interrupted, naming `step` (whose checkpoint is saved), once a stop was requested."""
+        if self.requested:
+            raise Interrupted(self.requested, step)
+
+    @contextlib.contextmanager
+    def abandoning(self, step):
+        """A block whose work a stop abandons at once, for the rerun to do again: a signal there raises
+        Interrupted (naming `step`, whose checkpoint is saved), as does one already requested. Its writes
+        must be whole or nothing (write_whole, written_whole), like the export's."""
+        self.check(step)
+        self._abandon_at = step
+        try:
+            yield
+        finally:
+            self._abandon_at = None
 
 
 # ---------------------------------------------------------------------------------------------
