@@ -7,13 +7,15 @@
     An unwritable run  check_writable: a read-only or unwritable folder refused before any work.
     A stop signal      StopSignals turns SIGTERM and SIGINT into a request to stop at the next step
                        boundary (after a checkpoint) or evaluation batch, or at once in an abandoning
-                       block; Interrupted carries the exit status, 128 + the signal.
+                       block; Interrupted carries the exit status, 128 + the signal. Under multi_worker,
+                       ClusterStopSignals has every worker stop at one step (TensorFlow's
+                       PreemptionCheckpointHandler).
     A second process   RunLock: one training process per run directory (an flock, which dies with its
                        process, so a killed run's lock is taken over).
 
 A TFRecord damaged during a run is data_utils.batches_naming_damage's. This module imports no other
-module of the project, and no TensorFlow (whose errors it recognises once TensorFlow is loaded), so
-that every module can use it, runs.py and plot_arch.py among them.
+module of the project, and no TensorFlow (whose errors it recognises once TensorFlow is loaded; only
+ClusterStopSignals loads it), so that every module can use it, runs.py and plot_arch.py among them.
 """
 import contextlib
 import errno
@@ -284,6 +286,39 @@ class StopSignals:
             yield
         finally:
             self._abandon_at = None
+
+
+class ClusterStopSignals(StopSignals):
+    """StopSignals under --strategy=multi_worker, whose workers must stop at one step, as their checkpoint
+    saves are collective. TensorFlow's PreemptionCheckpointHandler watches SIGTERM on every worker and has
+    them agree, through the cluster's coordination service, on the step after which all stop; there
+    at_step_boundary returns SIGTERM on each, and the run saves its checkpoint as at any stop.
+
+    The handler counts the steps from 0 in every process, in a checkpoint of its own that it never saves
+    (save_fn), so that resumed workers agree whatever the run's checkpoint holds. No worker stops alone
+    in an evaluation: a SIGTERM there takes effect at the next step boundary, so one after the last step
+    is let pass. SIGINT keeps its usual effect. On a Google Cloud VM TensorFlow watches the VM's
+    maintenance events instead, and on a CPU one nothing (as its warning says).
+    """
+
+    def __init__(self, strategy):
+        import tensorflow as tf
+
+        super().__init__(enabled=False)
+        agreed = tf.distribute.experimental.TerminationConfig(exit_fn=self._stop_agreed, save_fn=lambda: None)
+        with tempfile.TemporaryDirectory() as empty:  # Where its checkpoint would be restored from: nothing.
+            self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+                strategy.cluster_resolver, tf.train.CheckpointManager(tf.train.Checkpoint(), empty, max_to_keep=1),
+                termination_config=agreed)
+        # Its agreed step reads its own deprecated total_run_calls, which would warn at each stop.
+        tf.get_logger().addFilter(lambda record: "total_run_calls" not in record.getMessage())
+
+    def _stop_agreed(self):
+        self.requested = signal.SIGTERM
+
+    def at_step_boundary(self):
+        self._handler.save_checkpoint_if_preempted()
+        return self.requested
 
 
 # ---------------------------------------------------------------------------------------------

@@ -435,11 +435,12 @@ def main(argv):
         quiet_tensorflow.hide_info_logs(options.verbose)  # Checkpoint saves log at INFO.
         devices.set_intra_op_threads(options.intra_op_threads)  # Before any TF op, as is the strategy:
         strategy = devices.make_strategy(options.strategy)  # MultiWorkerMirroredStrategy refuses to start after any TF op.
-        # One training process per run (the chief's lock); SIGTERM and SIGINT stop at a step boundary, except under
-        # multi_worker, whose workers would first have to agree on the step; a full disk anywhere ends in one line.
+        # One training process per run (the chief's lock); SIGTERM and SIGINT stop the run, under multi_worker SIGTERM
+        # on every worker at one step (ClusterStopSignals); a full disk anywhere ends in one line.
         with (reliability.naming_a_full_disk(run_dir),
               reliability.RunLock(run_dir) if devices.is_chief(strategy) else contextlib.nullcontext(),
-              reliability.StopSignals(enabled=options.strategy != "multi_worker") as stop):
+              reliability.ClusterStopSignals(strategy) if options.strategy == "multi_worker" else
+              reliability.StopSignals() as stop):
             results = train_and_evaluate(model_config, config, flag_values.data_dir, run_dir, options, stop, strategy,
                                          metadata)
     except (ValueError, NonFiniteLossError, checkpoints.CheckpointError, reliability.RunError) as error:  # DataError is a ValueError.
