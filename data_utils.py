@@ -821,13 +821,18 @@ def make_dataset(data_dir, split):
     return windows.map(lambda w: (w[:, :-1], w[:, 1:])).prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
+def split_batches(data_dir, split):
+    """make_dataset's batches of a split, read through batches_naming_damage: a missing, damaged or truncated
+    file is named in a DataError or DamagedRecordError, where TensorFlow names none."""
+    return batches_naming_damage(make_dataset(data_dir, split), batch_files(data_dir, split))
+
+
 def read_split_stream(data_dir, split):
     """A split's token stream read back from its TFRecords: each row's windows joined (consecutive ones
     share a token), the rows in order, padding dropped. Of valid and test, which the build pads, this is
     the whole stream it tokenized; of an unpadded split, the tokens its windows hold."""
     batch_size = load_metadata(data_dir)["batch_size"]
-    # A missing, damaged or truncated file is named (make_dataset, batches_naming_damage).
-    batches = batches_naming_damage(make_dataset(data_dir, split), batch_files(data_dir, split))
+    batches = split_batches(data_dir, split)
     windows = np.stack([np.concatenate([inputs, targets[:, -1:]], axis=1) for inputs, targets in batches])  # [n, B, L + 1]
     rows = np.concatenate([windows[:, :, :-1].transpose(1, 0, 2).reshape(batch_size, -1), windows[-1, :, -1:]],
                           axis=1)  # [B, n*L + 1]

@@ -66,19 +66,23 @@ def _compile_evaluation_step(model, eval_modes, jit_compile):
     return tf.function(step, jit_compile=jit_compile)
 
 
-def evaluate_modes(model, dataset, counts, batch_size, jit_compile="auto", max_batches=0, eval_modes=("mix",)):
+def evaluate_modes(model, dataset, counts, batch_size, jit_compile="auto", max_batches=0, eval_modes=("mix",),
+                   stop_check=None):
     """{eval_mode: perplexities} over a split, all modes in one pass over it, each with its memory
     carried through the split from empty.
 
     dataset: the split's batches (a tf.data.Dataset, or any iterable of them); counts: the split's metadata
     (its "words" or "characters"). eval_modes: a SuperNet "mix"es its candidates with pi, or runs each
-    block's "argmax" candidate.
+    block's "argmax" candidate. stop_check: called before each batch, it may raise to break off the pass
+    (reliability.StopSignals.check), so that a long evaluation heeds a stop signal within a batch.
     """
     step = evaluation_step(model, eval_modes, use_xla(jit_compile))
     memories = [model.initial_memory(batch_size) for _ in eval_modes]
     total_nll = [tf.constant(0.0, tf.float64) for _ in eval_modes]
     total_tokens = tf.constant(0.0, tf.float64)
     for inputs, targets in itertools.islice(dataset, max_batches or None):
+        if stop_check:
+            stop_check()
         nll_sums, count, memories = step(inputs, targets, memories)
         total_nll = [total + nll for total, nll in zip(total_nll, nll_sums)]
         total_tokens += count
@@ -103,11 +107,11 @@ def evaluate(model, dataset, counts, batch_size, jit_compile="auto", max_batches
     return evaluate_modes(model, dataset, counts, batch_size, jit_compile, max_batches, (eval_mode,))[eval_mode]
 
 
-def evaluate_both_ways(model, dataset, counts, batch_size, jit_compile, max_batches):
+def evaluate_both_ways(model, dataset, counts, batch_size, jit_compile, max_batches, stop_check=None):
     """A SuperNet is scored mixing with pi and with its argmax architecture, in one pass; their gap
     shows how settled it is. Keys of the argmax scores start with "argmax_"."""
     modes = ("mix", "argmax") if model.arch_variables else ("mix",)
-    results = evaluate_modes(model, dataset, counts, batch_size, jit_compile, max_batches, modes)
+    results = evaluate_modes(model, dataset, counts, batch_size, jit_compile, max_batches, modes, stop_check)
     prefixes = {"mix": "", "argmax": "argmax_"}
     return {prefixes[mode] + key: value for mode, result in results.items() for key, value in result.items()}
 

@@ -4,14 +4,18 @@
     Writes             write_whole, write_json, append_line, written_whole (a folder): whole or not at all.
     A full disk        DiskFullError names the path and the space left; save_checkpoint keeps the previous
                        checkpoints as they were; naming_a_full_disk wraps any other write.
+    An unwritable run  check_writable: a read-only or unwritable folder refused before any work.
     A stop signal      StopSignals turns SIGTERM and SIGINT into a request to stop at the next step
-                       boundary, after a checkpoint; Interrupted carries the exit status, 128 + the signal.
+                       boundary (after a checkpoint) or evaluation batch, or at once in an abandoning
+                       block; Interrupted carries the exit status, 128 + the signal. Under multi_worker,
+                       ClusterStopSignals has every worker stop at one step (TensorFlow's
+                       PreemptionCheckpointHandler).
     A second process   RunLock: one training process per run directory (an flock, which dies with its
                        process, so a killed run's lock is taken over).
 
 A TFRecord damaged during a run is data_utils.batches_naming_damage's. This module imports no other
-module of the project, and no TensorFlow (whose errors it recognises once TensorFlow is loaded), so
-that every module can use it, runs.py and plot_arch.py among them.
+module of the project, and no TensorFlow (whose errors it recognises once TensorFlow is loaded; only
+ClusterStopSignals loads it), so that every module can use it, runs.py and plot_arch.py among them.
 """
 import contextlib
 import errno
@@ -25,6 +29,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 
 
 class RunError(RuntimeError):
@@ -115,6 +120,30 @@ def written_whole(directory):
 
 
 # ---------------------------------------------------------------------------------------------
+# An unwritable run folder.
+
+
+def check_writable(folder, flag):
+    """Returns `folder`, or raises RunError naming it (set by `flag`) where this process cannot write in it or
+    create it: a read-only filesystem, a folder it may not write, a path through a file.
+
+    Tried by writing an unnamed file in it or its nearest existing folder, which leaves nothing behind:
+    the permission bits alone cannot tell, as root ignores them.
+    """
+    folder = pathlib.Path(folder)
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        where = "" if existing == folder.absolute() else f" at {existing}"
+        raise RunError(f"{flag}: cannot write in {folder} ({error.strerror}{where}); pass a {flag} this process "
+                       f"can write in.") from None
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
 # A full disk.
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -202,13 +231,14 @@ class Interrupted(Exception):
 
 
 class StopSignals:
-    """While entered (`with`), SIGTERM and SIGINT only set `requested` (the first one's number), which the
-    training loop reads at each step boundary: it saves a checkpoint there and raises Interrupted.
+    """While entered (`with`), SIGTERM and SIGINT only set `requested` (the first one's number). The run
+    reads it at each step boundary (at_step_boundary), where it saves a checkpoint and raises Interrupted,
+    and between evaluation batches (check); in an `abandoning` block a signal raises Interrupted at once.
 
-    Further signals are recorded like the first, never raised, so nothing can break off a save: a run that
-    must stop at once still can by SIGKILL, and resumes from its last checkpoint. Once a stop was requested
-    the block leaves the signals ignored, as the process is on its way out; otherwise it restores them. Not
-    entered, or with enabled=False, the signals keep their usual effect; requested stays None.
+    Elsewhere further signals are recorded like the first, never raised, so nothing can break off a save:
+    a run that must stop at once still can by SIGKILL, and resumes from its last checkpoint. Once a stop was
+    requested the block leaves the signals ignored, as the process is on its way out; otherwise it restores
+    them. Not entered, or with enabled=False, the signals keep their usual effect; requested stays None.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -217,6 +247,7 @@ class StopSignals:
         self.enabled = enabled
         self.requested = None
         self._previous = {}
+        self._abandon_at = None  # The step an Interrupted raised in an abandoning block names.
 
     def __enter__(self):
         if self.enabled:
@@ -231,6 +262,63 @@ class StopSignals:
 
     def _record(self, signum, frame):
         self.requested = self.requested or signum
+        if self._abandon_at is not None:  # Only once: a second signal must not break off the cleanup.
+            step, self._abandon_at = self._abandon_at, None
+            raise Interrupted(self.requested, step)
+
+    def at_step_boundary(self):
+        """The signal to stop on after this training step (all workers alike), or None; called once a step."""
+        return self.requested
+
+    def check(self, step):
+        """Raises Interrupted, naming `step` (whose checkpoint is saved), once a stop was requested."""
+        if self.requested:
+            raise Interrupted(self.requested, step)
+
+    @contextlib.contextmanager
+    def abandoning(self, step):
+        """A block whose work a stop abandons at once, for the rerun to do again: a signal there raises
+        Interrupted (naming `step`, whose checkpoint is saved), as does one already requested. Its writes
+        must be whole or nothing (write_whole, written_whole), like the export's."""
+        self.check(step)
+        self._abandon_at = step
+        try:
+            yield
+        finally:
+            self._abandon_at = None
+
+
+class ClusterStopSignals(StopSignals):
+    """StopSignals under --strategy=multi_worker, whose workers must stop at one step, as their checkpoint
+    saves are collective. TensorFlow's PreemptionCheckpointHandler watches SIGTERM on every worker and has
+    them agree, through the cluster's coordination service, on the step after which all stop; there
+    at_step_boundary returns SIGTERM on each, and the run saves its checkpoint as at any stop.
+
+    The handler counts the steps from 0 in every process, in a checkpoint of its own that it never saves
+    (save_fn), so that resumed workers agree whatever the run's checkpoint holds. No worker stops alone
+    in an evaluation: a SIGTERM there takes effect at the next step boundary, so one after the last step
+    is let pass. SIGINT keeps its usual effect. On a Google Cloud VM TensorFlow watches the VM's
+    maintenance events instead, and on a CPU one nothing (as its warning says).
+    """
+
+    def __init__(self, strategy):
+        import tensorflow as tf
+
+        super().__init__(enabled=False)
+        agreed = tf.distribute.experimental.TerminationConfig(exit_fn=self._stop_agreed, save_fn=lambda: None)
+        with tempfile.TemporaryDirectory() as empty:  # Where its checkpoint would be restored from: nothing.
+            self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+                strategy.cluster_resolver, tf.train.CheckpointManager(tf.train.Checkpoint(), empty, max_to_keep=1),
+                termination_config=agreed)
+        # Its agreed step reads its own deprecated total_run_calls, which would warn at each stop.
+        tf.get_logger().addFilter(lambda record: "total_run_calls" not in record.getMessage())
+
+    def _stop_agreed(self):
+        self.requested = signal.SIGTERM
+
+    def at_step_boundary(self):
+        self._handler.save_checkpoint_if_preempted()
+        return self.requested
 
 
 # ---------------------------------------------------------------------------------------------

@@ -276,10 +276,11 @@ def log_epoch_time(log, epoch, steps, step_seconds, wall_seconds, validation_sec
              validation_seconds)
 
 
-def score(trainer, data_dir, metadata, split, options, log, writer, step):
+def score(trainer, data_dir, metadata, split, options, log, writer, step, stop):
     """evaluate_both_ways over a split (the pi mixture and, for a SuperNet, its argmax architecture), logged."""
-    results = evaluate_both_ways(trainer.model, data_utils.make_dataset(data_dir, split), metadata["splits"][split],
-                                 metadata["batch_size"], trainer.config.jit_compile, options.eval_batches)
+    results = evaluate_both_ways(trainer.model, data_utils.split_batches(data_dir, split), metadata["splits"][split],
+                                 metadata["batch_size"], trainer.config.jit_compile, options.eval_batches,
+                                 functools.partial(stop.check, step))
     rounded = json.dumps({k: round(v, 4) for k, v in results.items()})
     log.info("step %d validation: %s", step, rounded) if split == "valid" else log.info("%s: %s", split, rounded)
     write_scalars(writer, step, results, prefix="" if split == "valid" else split + "_")
@@ -299,8 +300,8 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     """Trains, validating every epoch, then tests and exports. Resumes from run_dir if it holds a checkpoint.
 
     Returns a dict of the final validation and test results (or {} when stopped early on purpose).
-    stop: a reliability.StopSignals; once it has `requested` a stop (SIGTERM, SIGINT), the run saves at
-    the next step boundary and raises reliability.Interrupted. strategy and metadata: main's, made and
+    stop: a reliability.StopSignals; once it has `requested` a stop (SIGTERM, SIGINT), the run saves what it must
+    and raises reliability.Interrupted, within a step or an evaluation batch. strategy and metadata: main's, made and
     read once; by default options.strategy's and data_dir's. Under --strategy=multi_worker every worker
     runs all of this alike, but only the chief (devices.is_chief) writes into the run; the others save
     their checkpoints into a temporary directory (devices.checkpoint_write_dir).
@@ -370,21 +371,23 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
                     progress.update(batches_done, [("loss", loss)])
             if step % options.checkpoint_every == 0:
                 save(trainer, latest_manager, step, run, write_dir, chief)
-            if stop.requested or options.stop_after_steps and step >= options.stop_after_steps:
+            if stop.at_step_boundary() or options.stop_after_steps and step >= options.stop_after_steps:
                 save(trainer, latest_manager, step, run, write_dir, chief)
-                if stop.requested:
-                    log.info("%s", interrupted := reliability.Interrupted(stop.requested, step))
-                    raise interrupted
+                stop.check(step)
                 log.info("Stopped at step %d as asked; rerun the same command to resume.", step)
                 return {}
             clock = time.perf_counter()
-        trainer.end_epoch()
         epoch, steps, batches_done = epoch + 1, batches_done - first_batch, 0
         validation_start = time.perf_counter()
-        validation = score(trainer, data_dir, metadata, "valid", options, log, writers["valid"], step)
+        try:
+            validation = score(trainer, data_dir, metadata, "valid", options, log, writers["valid"], step, stop)
+        except reliability.Interrupted:  # Saved with the epoch's batches done, not the epoch: the rerun validates it.
+            save(trainer, latest_manager, step, run, write_dir, chief)
+            raise
         if search and chief:
             search.record_validation(run, writers["valid"], step, log)
         validation_seconds = time.perf_counter() - validation_start
+        trainer.end_epoch()
         # The best first: a run killed between the two saves resumes before this epoch's end, so it
         # validates this epoch again and finds its best already saved.
         if validation["loss"] < best_loss:
@@ -396,13 +399,14 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
         log_epoch_time(log, epoch, steps, epoch_seconds, time.perf_counter() - epoch_start, validation_seconds,
                        batch_size * seq_len)
     trainer.check_finite(run.checkpoint_dir)
-    validation = validation or score(trainer, data_dir, metadata, "valid", options, log, writers["valid"], step)
-    test = score(trainer, data_dir, metadata, "test", options, log, writers["valid"], step)
-    results = {**{"valid_" + k: v for k, v in validation.items()}, **{"test_" + k: v for k, v in test.items()},
-               **(search.finish(run, log, chief) if search else {})}
-    if chief:
-        checkpoints.export(trainer.model, run, data_dir)
-        run.write_results(results)
+    validation = validation or score(trainer, data_dir, metadata, "valid", options, log, writers["valid"], step, stop)
+    test = score(trainer, data_dir, metadata, "test", options, log, writers["valid"], step, stop)
+    with stop.abandoning(step):  # What a stop breaks off here is written whole or not at all, and the rerun writes it.
+        results = {**{"valid_" + k: v for k, v in validation.items()}, **{"test_" + k: v for k, v in test.items()},
+                   **(search.finish(run, log, chief) if search else {})}
+        if chief:
+            checkpoints.export(trainer.model, run, data_dir)
+            run.write_results(results)
     for writer in writers.values():
         writer.flush()
     return results
@@ -417,22 +421,24 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"train.py: error: unexpected arguments {argv[1:]}")
     try:
+        run_dir = reliability.check_writable(pathlib.Path(flag_values.logdir) / flag_values.model_name, "--logdir")
         metadata = data_utils.load_metadata(flag_values.data_dir)
         model_config, config, options = configs_from_flags(flag_values, metadata["vocab_size"])
         quiet_tensorflow.hide_info_logs(options.verbose)  # Checkpoint saves log at INFO.
         devices.set_intra_op_threads(options.intra_op_threads)  # Before any TF op, as is the strategy:
         strategy = devices.make_strategy(options.strategy)  # MultiWorkerMirroredStrategy refuses to start after any TF op.
-        run_dir = pathlib.Path(flag_values.logdir) / flag_values.model_name
-        # One training process per run (the chief's lock); SIGTERM and SIGINT stop at a step boundary, except under
-        # multi_worker, whose workers would first have to agree on the step; a full disk anywhere ends in one line.
+        # One training process per run (the chief's lock); SIGTERM and SIGINT stop the run, under multi_worker SIGTERM
+        # on every worker at one step (ClusterStopSignals); a full disk anywhere ends in one line.
         with (reliability.naming_a_full_disk(run_dir),
               reliability.RunLock(run_dir) if devices.is_chief(strategy) else contextlib.nullcontext(),
-              reliability.StopSignals(enabled=options.strategy != "multi_worker") as stop):
+              reliability.ClusterStopSignals(strategy) if options.strategy == "multi_worker" else
+              reliability.StopSignals() as stop):
             results = train_and_evaluate(model_config, config, flag_values.data_dir, run_dir, options, stop, strategy,
                                          metadata)
     except (ValueError, NonFiniteLossError, checkpoints.CheckpointError, reliability.RunError) as error:  # DataError is a ValueError.
         sys.exit(f"train.py: error: {error}")
-    except reliability.Interrupted as interrupted:  # Already logged.
+    except reliability.Interrupted as interrupted:
+        runs.make_logger(runs.Run(run_dir)).info("%s", interrupted)  # The run's logger, made by train_and_evaluate.
         sys.exit(interrupted.exit_status)
     except tf.errors.DataLossError as error:
         sys.exit(f"train.py: error: {flag_values.data_dir}: a TFRecord file is damaged ({data_utils.error_line(error)}); "

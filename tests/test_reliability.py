@@ -166,6 +166,44 @@ def test_only_a_full_disk_is_turned_into_a_disk_full_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# An unwritable run folder. Tests run as root, whom permission bits do not stop: a read-only mount does.
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    """A read-only tmpfs of its own, unmounted at the end; skips where mounting is refused."""
+    disk = tmp_path / "read_only"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_folder_under_a_file_is_unwritable_and_a_new_one_is_checked_without_a_trace(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(reliability.RunError, match=re.escape(
+            f"--logdir: cannot write in {tmp_path / 'file' / 'logs'} (Not a directory at {tmp_path / 'file'}); pass a "
+            f"--logdir this process can write in.")):
+        reliability.check_writable(tmp_path / "file" / "logs", "--logdir")
+    assert reliability.check_writable(tmp_path / "logs" / "base", "--logdir") == tmp_path / "logs" / "base"
+    assert [path.name for path in tmp_path.iterdir()] == ["file"]  # Nothing created, nothing left.
+
+
+def test_train_py_refuses_a_read_only_logdir_in_one_line_before_any_work(read_only_disk, tmp_path):
+    result = subprocess.run([sys.executable, "train.py", f"--logdir={read_only_disk / 'logs'}",
+                             f"--data_dir={tmp_path / 'not_read'}"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert error_line(result, "train.py") == (
+        f"train.py: error: --logdir: cannot write in {read_only_disk / 'logs' / 'base'} (Read-only file system at "
+        f"{read_only_disk}); pass a --logdir this process can write in.")  # Before the data (absent) is read.
+
+
+# ---------------------------------------------------------------------------------------------
 # Stop signals.
 
 
@@ -203,6 +241,31 @@ def test_stop_signals_without_a_stop_or_disabled_leave_the_handlers_as_they_were
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
     assert stop.requested is None
+
+
+def test_a_stop_raises_at_the_next_check_or_at_once_in_an_abandoning_block_leaving_no_half_export(tmp_path,
+                                                                                                   signal_handlers):
+    export = tmp_path / "export"
+    with reliability.written_whole(export) as directory:
+        (directory / "config.json").write_text("{}")
+    reached = []
+    with reliability.StopSignals() as stop:
+        stop.check(6)  # No stop requested: nothing raised.
+        with pytest.raises(reliability.Interrupted, match="Interrupted by SIGTERM: stopped at step 7, whose checkpoint"):
+            with stop.abandoning(7), reliability.written_whole(export) as directory:
+                (directory / "config.json").write_text('{"new": 1}')
+                os.kill(os.getpid(), signal.SIGTERM)
+                reached.append("after the signal")
+        assert not reached  # Broken off at once, within the block.
+        os.kill(os.getpid(), signal.SIGINT)  # Outside the block: recorded only.
+        with pytest.raises(reliability.Interrupted, match="by SIGTERM: stopped at step 8"):
+            stop.check(8)
+        with pytest.raises(reliability.Interrupted, match="by SIGTERM: stopped at step 9"):
+            with stop.abandoning(9):  # A stop requested before: raised on entry.
+                reached.append("in the block")
+    assert not reached and stop.at_step_boundary() == signal.SIGTERM
+    assert [path.name for path in tmp_path.iterdir()] == ["export"]  # No staging folder left.
+    assert [path.name for path in export.iterdir()] == ["config.json"] and (export / "config.json").read_text() == "{}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,6 +473,53 @@ def test_sigterm_saves_at_the_next_step_and_the_same_command_ends_as_an_uninterr
     resumed = printed_results(run_script(*command))
     assert f"ckpt-{step} at step {step}." in (run_dir / "training_log.log").read_text()  # Resumed from there.
     assert resumed == straight
+
+
+# train.py, with a SIGTERM sent to itself while the Nth evaluation pass reads its second batch: argv[1] is N.
+SIGNALLED_IN_PASS = """
+import os, runpy, signal, sys
+import evaluate
+signalled_pass, sys.argv = int(sys.argv[1]), ["train.py", *sys.argv[2:]]
+passes, evaluate_modes = [0], evaluate.evaluate_modes
+
+def signalled(batches):
+    for number, batch in enumerate(batches):
+        if number == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        yield batch
+
+def evaluate_modes_signalled(model, dataset, *args):
+    passes[0] += 1
+    return evaluate_modes(model, signalled(dataset) if passes[0] == signalled_pass else dataset, *args)
+
+evaluate.evaluate_modes = evaluate_modes_signalled
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase, signalled_pass", [("validation", 1), ("test", 2)])
+def test_sigterm_in_the_last_validation_or_the_test_stops_within_a_batch_and_the_rerun_ends_as_uninterrupted(
+        tiny_run, tmp_path, phase, signalled_pass):
+    """The one epoch's 30 steps are taken, then SIGTERM mid-pass. In the validation, the run saves its 30 steps
+    (the epoch not yet ended, so the rerun validates it again); in the test it needs no save (the epoch's is
+    there). Either way nothing of the pass is logged, and the same command then ends as an uninterrupted run."""
+    command, straight = tiny_run
+    command = command + [f"--logdir={tmp_path / 'logs'}"]
+    run = runs.Run(tmp_path / "logs" / "base")
+    stopped = subprocess.run([sys.executable, "-c", SIGNALLED_IN_PASS, str(signalled_pass), *command[2:]], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 143 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert ("Interrupted by SIGTERM: stopped at step 30, whose checkpoint is saved; rerun the same command to resume."
+            in stopped.stdout)
+    assert tf.train.latest_checkpoint(run.checkpoint_dir).endswith("ckpt-30")
+    log = run.log_path.read_text()
+    assert log.count("step 30 validation:") == (phase == "test") and not re.search(r"\btest: \{", log)
+    assert not run.results_path.exists() and not run.export_dir.exists()
+    resumed = printed_results(run_script(*command))
+    assert resumed == straight and reliability.read_json(run.results_path) == straight
+    log = run.log_path.read_text()
+    assert "Resumed from" in log and "ckpt-30 at step 30." in log and len(re.findall(r"\btest: \{", log)) == 1
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """train.py: learning, exact resume (paused, killed, damaged), the NaN guard, the schedules, the whole loop from
 the command line and the notebook, XLA, mixed precision and distribution strategies."""
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -404,6 +405,51 @@ def test_multi_worker_train_py_writes_one_run_directory_and_resumes(tmp_path):
         "config.json", "metadata.json", "model.weights.h5"]
 
 
+@pytest.mark.slow
+def test_multi_worker_sigterm_to_one_worker_stops_both_at_one_step_and_the_rerun_ends_as_uninterrupted(tmp_path):
+    """TensorFlow's PreemptionCheckpointHandler (reliability.ClusterStopSignals) under train.py: worker 1 alone gets
+    SIGTERM mid-epoch; both workers agree on a step, save it (the chief into the run) and exit 143. The same
+    command on both then resumes there and ends exactly as an uninterrupted pair of workers."""
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.random.default_rng(3).integers(1, 30, 1200),
+                                               vocab_size=30, batch_size=4, seq_len=8)  # 37 batches.
+    flags = [sys.executable, "train.py", f"--data_dir={data_dir}", "--model_name=mw", "--strategy=multi_worker",
+             "--precision=float32", "--epochs=1", *TINY_FLAGS, "--warmup_steps=2", "--log_every=3", "--checkpoint_every=4"]
+    run = runs.Run(tmp_path / "stopped" / "mw")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    with reserved_loopback_ports(2) as ports:
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+        workers = [dict(env, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+                   for i in range(2)]
+        straight = run_together([(flags + [f"--logdir={tmp_path / 'straight'}"], worker) for worker in workers], tmp_path)
+        command = flags + [f"--logdir={tmp_path / 'stopped'}"]
+        processes = [subprocess.Popen(command, env=worker, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True) for worker in workers]
+        try:
+            deadline = time.monotonic() + 300
+            while not (run.checkpoint_dir / "ckpt-4.index").is_file() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            processes[1].send_signal(signal.SIGSTOP)  # Held mid-epoch (worker 0 waits on it) until the signal is in.
+            processes[1].send_signal(signal.SIGTERM)
+            processes[1].send_signal(signal.SIGCONT)
+            stopped = [process.communicate(timeout=300) for process in processes]
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        resumed = run_together([(command, worker) for worker in workers], tmp_path)
+
+    assert [process.returncode for process in processes] == [143, 143], [errors[-2000:] for _, errors in stopped]
+    steps = [re.findall(r"Interrupted by SIGTERM: stopped at step (\d+), whose checkpoint is saved", output)
+             for output, _ in stopped]
+    assert steps[0] == steps[1] and len(steps[0]) == 1 and 4 < int(steps[0][0]) < 37, [o[-2000:] for o, _ in stopped]
+    assert not any("Traceback" in errors for _, errors in stopped)
+    assert f"ckpt-{steps[0][0]} at step {steps[0][0]}." in resumed[1]  # Both resumed from the chief's save.
+    assert [printed_results(output) for output in resumed] == [printed_results(output) for output in straight]
+    assert json.loads(run.results_path.read_text()) == printed_results(straight[0])
+    assert sorted(path.name for path in run.checkpoint_dir.iterdir() if path.is_dir()) == ["best"]  # No worker's own.
+
+
 def test_the_first_step_uses_tau_start_and_the_last_tau_end(tmp_path):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(1, 30).repeat(4), vocab_size=30,
                                                batch_size=2, seq_len=8)
@@ -526,3 +572,16 @@ def test_a_truncated_tfrecord_stops_training_with_one_line_and_keeps_the_checkpo
     assert error_line(result, "train.py").startswith(
         f"train.py: error: {record}: damaged at training step 19 (batch 19 of 37 does not read: truncated record")
     assert {path: path.read_bytes() for path in saved} == saved
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_a_truncated_valid_or_test_tfrecord_is_named_with_its_batch(tmp_path, split):
+    data_dir, model_config, config = tiny_stream_run(tmp_path)
+    record = data_dir / data_utils.load_metadata(data_dir)["splits"][split]["files"][0]
+    record.write_bytes(record.read_bytes()[: record.stat().st_size // 2])  # 18.5 of its 37 records.
+    with pytest.raises(data_utils.DamagedRecordError, match=re.escape(
+            f"{record}: damaged (batch 19 of 37 does not read: truncated record at ")):
+        train.train_and_evaluate(model_config, dataclasses.replace(config, epochs=1), data_dir, tmp_path / "run")
+    log = runs.Run(tmp_path / "run").log_path.read_text()
+    assert ("step 37 validation:" in log) == (split == "test")  # The test split is read after the validation.
+
