@@ -103,7 +103,7 @@ def test_a_padded_split_reads_back_as_its_whole_stream(tmp_path, num_tokens, bat
     stream = np.random.default_rng(num_tokens).integers(1, 100, num_tokens).astype(np.int32)
     written = data_utils.write_tfrecords(stream, tmp_path, "valid", batch_size, seq_len, data_utils.PAD_ID, shards)
     (tmp_path / "metadata.json").write_text(json.dumps(dict(batch_size=batch_size, seq_len=seq_len,
-                                                            splits=dict(valid=dict(files=written["files"])))))
+                                                            splits=dict(valid=dict(files=written["files"], batches=written["batches"])))))
     np.testing.assert_array_equal(data_utils.read_split_stream(tmp_path, "valid"), stream)
 
 
