@@ -2,14 +2,10 @@
 
     python train.py --data_dir=data/tfrecords --model_name=base     # or ./base_model.sh
 
-Everything a run writes lives in logs/<model_name>/ (runs.Run lists it). Rerunning the same command
-resumes from the latest checkpoint exactly: same step, lr, tau, memory, RNG and next batch.
-
-Here: the Trainer (the weights, their optimizer and the compiled steps) and train_and_evaluate, the
-loop around it. A SuperNet's search (its logits, held-out stream, cost term and pi) is search.Search;
-validation and test scores come from evaluate.py; checkpoints and the export from checkpoints.py;
-threads, XLA, precision and the tf.distribute strategy from devices.py. Every field of
-config.ModelConfig, TrainConfig and RunOptions is a flag, with its comment as help.
+A run lives in logs/<model_name>/ (runs.Run); rerunning the same command resumes it exactly. Here: the Trainer
+(the weights, their optimizer, the compiled steps) and train_and_evaluate, the loop around it. A SuperNet's
+search is search.Search; scores come from evaluate.py, checkpoints and the export from checkpoints.py, devices
+and precision from devices.py. Every field of config's ModelConfig, TrainConfig and RunOptions is a flag.
 """
 import quiet_tensorflow  # (first: keeps TensorFlow's start-up lines off the console)
 
