@@ -61,7 +61,7 @@ def summed_over_chunks(chunk_step, chunks, inputs, targets, memory, replayed=())
         return chunk_step(inputs, targets, memory)
     inputs, targets, states = (tf.stack(tf.split(rows, chunks, axis)) for rows, axis in
                                ((inputs, 0), (targets, 0), (memory.states, 1)))  # [chunks, ...] each
-    starts = [tf.identity(variable.value) for variable in replayed]
+    starts = [tf.identity(variable) for variable in replayed]
 
     def run(chunk):
         for variable, start in zip(replayed, starts):
