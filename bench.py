@@ -39,12 +39,11 @@ the noise) is clamped at 0 and said so. --eval_mem_len=N (default: --mem_len) ti
 with an N-position memory, as evaluate.py --mem_len evaluates a trained model.
 
 Memory. --batch_chunk=N runs the train step as train.py --batch_chunk=N does: a batch's rows in N chunks,
-their gradients summed. Each result's train_step_memory_mib is, on a GPU, the memory one train call takes
-at its peak above what was in use before it (the weights, optimizer states and memories of every model
-built): TensorFlow's peak after reset_memory_stats, less the memory in use then. Compared with and without
---batch_chunk, it gives what chunks save. A CPU keeps no such count (None): compare instead
-peak_host_memory_mib, the process' peak resident memory, of one bench.py run per setting, each timing one
-architecture at one precision.
+their gradients summed. Each result's train_step_memory_mib is the memory one train call takes at its
+peak above what was in use before it (every built model's weights, optimizer states and memory), as
+TensorFlow's allocator counts it on the GPU, or without one on the CPU: get_memory_info's peak after
+reset_memory_stats, less its current memory before the call. Memory outside that allocator (oneDNN's
+scratch space, Python) is not in it; peak_host_memory_mib, the process' peak resident memory, has it all.
 """
 import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
 
@@ -224,14 +223,13 @@ def step_runs(model_config, train_config, data_dir, batch_size, seq_len, strateg
 
 
 def step_memory_mib(run):
-    """The GPU memory, in MiB, that one run() takes at its peak above what was in use before it; None without
-    a GPU, where TensorFlow keeps no peak (get_memory_info reads 0 on a CPU)."""
-    if not tf.config.list_logical_devices("GPU"):
-        return None
-    tf.config.experimental.reset_memory_stats("GPU:0")
-    in_use = tf.config.experimental.get_memory_info("GPU:0")["current"]
+    """The memory, in MiB, that one run() takes at its peak above what was in use before it, on the GPU or,
+    without one, the CPU, as TensorFlow's allocator counts it."""
+    device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+    tf.config.experimental.reset_memory_stats(device)
+    in_use = tf.config.experimental.get_memory_info(device)["current"]
     run()
-    return (tf.config.experimental.get_memory_info("GPU:0")["peak"] - in_use) / 2**20
+    return (tf.config.experimental.get_memory_info(device)["peak"] - in_use) / 2**20
 
 
 def flops_per_step(model_config, seq_len, tokens, eval_mem_len, shares, weight_steps):
