@@ -37,6 +37,13 @@ for the train step and for the eval step (at --eval_mem_len), printed as ready-t
 kept in the JSON. A negative difference (attention or dense measured cheaper than identity, within
 the noise) is clamped at 0 and said so. --eval_mem_len=N (default: --mem_len) times the eval step
 with an N-position memory, as evaluate.py --mem_len evaluates a trained model.
+
+Memory. --batch_chunk=N runs the train step as train.py --batch_chunk=N does: a batch's rows in N chunks,
+their gradients summed. Each result's train_step_memory_mib is the memory one train call takes at its
+peak above what was in use before it (every built model's weights, optimizer states and memory), as
+TensorFlow's allocator counts it on the GPU, or without one on the CPU: get_memory_info's peak after
+reset_memory_stats, less its current memory before the call. Memory outside that allocator (oneDNN's
+scratch space, Python) is not in it; peak_host_memory_mib, the process' peak resident memory, has it all.
 """
 import quiet_tensorflow  # noqa: F401  (first: keeps TensorFlow's start-up lines off the console)
 
@@ -189,15 +196,16 @@ def evaluation_run(model, batches, batch_size, eval_mem_len, precision, jit_comp
     return evaluate_once, model
 
 
-def step_runs(model_config, train_config, data_dir, batch_size, seq_len, strategy, shares, eval_mem_len):
+def step_runs(model_config, train_config, data_dir, batch_size, seq_len, strategy, shares, eval_mem_len, batch_chunk):
     """(train, eval, weight steps per train call): callables that each run real steps on the next batches and
     wait for them. A train call is one training step, or for a SuperNet with arch_holdout k of them and one
     held-out step (weight_steps_per_heldout_step), so that its time over k is the cost of a weight step.
 
     shares: each adaptive softmax tail's share of tokens, which sizes its rows in an XLA step, as in train.py.
-    eval_mem_len: the eval step's memory length (evaluation_run). A SuperNet's search takes 1,000 batches an epoch.
+    eval_mem_len: the eval step's memory length (evaluation_run). batch_chunk: train.py's --batch_chunk. A
+    SuperNet's search takes 1,000 batches an epoch.
     """
-    trainer = train.Trainer(model_config, train_config, 1000, batch_size, seq_len, strategy, shares)
+    trainer = train.Trainer(model_config, train_config, 1000, batch_size, seq_len, strategy, shares, batch_chunk)
     batches = iter(data_utils.make_dataset(data_dir, "train").repeat())
     evaluate_once, _ = evaluation_run(trainer.model, batches, batch_size, eval_mem_len, train_config.precision,
                                       devices.use_xla(train_config.jit_compile))
@@ -212,6 +220,16 @@ def step_runs(model_config, train_config, data_dir, batch_size, seq_len, strateg
         loss.numpy()
 
     return train_once, evaluate_once, weight_steps
+
+
+def step_memory_mib(run):
+    """The memory, in MiB, that one run() takes at its peak above what was in use before it, on the GPU or,
+    without one, the CPU, as TensorFlow's allocator counts it."""
+    device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+    tf.config.experimental.reset_memory_stats(device)
+    in_use = tf.config.experimental.get_memory_info(device)["current"]
+    run()
+    return (tf.config.experimental.get_memory_info(device)["peak"] - in_use) / 2**20
 
 
 def flops_per_step(model_config, seq_len, tokens, eval_mem_len, shares, weight_steps):
@@ -327,11 +345,16 @@ def main(argv):
     else:
         precisions, chosen_by = flag_values.precisions, f"--precisions={','.join(flag_values.precisions)}"
     strategy = devices.make_strategy(run_options.strategy)
+    try:
+        devices.rows_per_replica(batch_size, strategy.num_replicas_in_sync, run_options.batch_chunk)
+    except ValueError as error:
+        sys.exit(f"bench.py: error: {error}")
     report = dict(
         provenance=provenance(precisions, chosen_by), cpu_count=os.cpu_count(),
         intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
         inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads() or "default",
-        strategy=run_options.strategy, replicas=strategy.num_replicas_in_sync, jit_compile=train_config.jit_compile,
+        strategy=run_options.strategy, replicas=strategy.num_replicas_in_sync, batch_chunk=run_options.batch_chunk,
+        jit_compile=train_config.jit_compile,
         xla_train=devices.use_xla(train_config.jit_compile), batch_size=batch_size, seq_len=seq_len,
         mem_len=model_config.mem_len, eval_mem_len=eval_mem_len, vocab_size=vocab_size, steps=flag_values.steps,
         parallel_matmuls=parallel_matmuls(), matmul_peak_flops={}, results=[],
@@ -348,9 +371,11 @@ def main(argv):
             for name, (config, name_train_config) in configs.items():
                 name_train_config = dataclasses.replace(name_train_config, precision=precision)
                 train_run, eval_run, weight_steps[name] = step_runs(config, name_train_config, data_dir, batch_size,
-                                                                    seq_len, strategy, report["tail_shares"], eval_mem_len)
+                                                                    seq_len, strategy, report["tail_shares"], eval_mem_len,
+                                                                    run_options.batch_chunk)
                 runs[(name, precision, "train")], runs[(name, precision, "eval")] = train_run, eval_run
         seconds = interleaved_median_seconds(runs, flag_values.steps, flag_values.warmup_steps_bench)
+        memory = {key[:2]: step_memory_mib(run) for key, run in runs.items() if key[-1] == "train"}
     for precision in precisions:
         peak = report["matmul_peak_flops"][precision] = (report["parallel_matmuls"] * 2 * MATMUL_SIZE**3
                                                          / seconds[("matmul", precision)])
@@ -362,7 +387,8 @@ def main(argv):
             search = dict(arch_holdout=name_train_config.arch_holdout, weight_steps_per_heldout_step=weight_steps[name]) \
                 if weight_steps[name] > 1 else {}
             report["results"].append(dict(architecture=name, precision=precision, **search,
-                                          **figures(step_seconds, flops, peak, batch_size * seq_len)))
+                                          **figures(step_seconds, flops, peak, batch_size * seq_len),
+                                          train_step_memory_mib=memory[name, precision]))
     report["search_step_ratios"] = search_ratios(report["results"])
     report["cost_tables"] = cost_tables(report["results"], model_config.num_layers, eval_mem_len)
     report["peak_host_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -378,21 +404,22 @@ def print_table(report):
     print(f"commit {origin['commit']}{' (with changes)' if origin['dirty'] else ''}, {origin['date_utc']}")
     print(f"TensorFlow {origin['tensorflow']} on {origin['device']} ({report['cpu_count']} CPUs, "
           f"intra-op threads {report['intra_op_threads']}), --jit_compile={report['jit_compile']} "
-          f"(training with XLA: {report['xla_train']}), batch {report['batch_size']} x seq_len {report['seq_len']}, "
+          f"(training with XLA: {report['xla_train']}), batch {report['batch_size']} x seq_len {report['seq_len']} "
+          f"in {report['batch_chunk']} chunk(s), "
           f"memory {report['mem_len']} (eval {report['eval_mem_len']})")
     print(f"matmul peak GFLOP/s: {peaks}; input pipeline {report['data_tokens_per_second']:,.0f} tokens/s; "
           f"peak host memory {report['peak_host_memory_mib']:,.0f} MiB")
     print(f"{'architecture':>19} {'precision':>9} {'train ms':>9} {'train tok/s':>12} {'train MFU':>9} "
-          f"{'eval ms':>8} {'eval tok/s':>11} {'eval MFU':>8} {'train/eval':>10}")
+          f"{'eval ms':>8} {'eval tok/s':>11} {'eval MFU':>8} {'train/eval':>10} {'train MiB':>9}")
 
-    def mfu(value, width):
-        return f"{'-':>{width}}" if value is None else f"{value:{width}.2f}"
+    def optional(value, width, decimals=2):  # MFU or memory, '-' where None.
+        return f"{'-':>{width}}" if value is None else f"{value:{width}.{decimals}f}"
 
     for r in report["results"]:
         print(f"{r['architecture']:>19} {r['precision']:>9} {r['train_ms_per_step']:9.1f} "
-              f"{r['train_tokens_per_second']:12,.0f} {mfu(r['train_mfu'], 9)} {r['eval_ms_per_step']:8.1f} "
-              f"{r['eval_tokens_per_second']:11,.0f} {mfu(r['eval_mfu'], 8)} "
-              f"{r['train_ms_per_step'] / r['eval_ms_per_step']:9.2f}x")
+              f"{r['train_tokens_per_second']:12,.0f} {optional(r['train_mfu'], 9)} {r['eval_ms_per_step']:8.1f} "
+              f"{r['eval_tokens_per_second']:11,.0f} {optional(r['eval_mfu'], 8)} "
+              f"{r['train_ms_per_step'] / r['eval_ms_per_step']:9.2f}x {optional(r['train_step_memory_mib'], 9, 0)}")
     heldout = {r["arch_holdout"]: r["weight_steps_per_heldout_step"] for r in report["results"] if "arch_holdout" in r}
     for fraction, steps in heldout.items():
         print(f"heldout modes: --arch_holdout={fraction:g}, timed as {steps} weight steps and 1 held-out step, "

@@ -2,7 +2,7 @@
 
     ModelConfig   the model's hyperparameters (model.py builds it)
     TrainConfig   optimisation and the search (train.py)
-    RunOptions    logging, saving and devices, which may change when a run resumes
+    RunOptions    logging, saving, devices and memory, which may change when a run resumes
 
 Each field's trailing comment is its flag's help, and CHOICES lists the values of every field that
 takes a name, so the dataclasses, the flags of train.py and bench.py, and the checks agree. The
@@ -204,19 +204,21 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class RunOptions:
-    """How often to log and save, and on what devices; these may change when a run resumes."""
+    """How often to log and save, on what devices and in how many chunks; these may change when a run resumes."""
 
     log_every: int = 100  # Steps between loss/perplexity/tau/lr/tokens-per-second logs and pi records.
     checkpoint_every: int = 1000  # Steps between checkpoints (one is also saved at each epoch's end).
     stop_after_steps: int = 0  # Save and stop once this global step is reached (a planned pause); 0 = never.
     eval_batches: int = 0  # Limit validation/test to this many batches (quick runs); 0 = whole split.
     strategy: str = "default"  # tf.distribute: default | mirrored | multi_worker | tpu (see README).
+    batch_chunk: int = 1  # Gradient accumulation: each replica's rows of a batch run in this many chunks, one after another, their gradients summed into one update (less memory, the same step but for float rounding and dropout's draws; Transformer-XL's --batch_chunk).
     intra_op_threads: int = 1  # Threads per op; 1 lets the cores run independent ops (a block's candidates) at once; 0 = TensorFlow's choice.
     verbose: bool = False  # Keep TensorFlow's start-up and INFO lines (such as each checkpoint save's) on the console.
 
     def __post_init__(self):
         check_choice("strategy", self.strategy)
-        check_at_least(self, log_every=1, checkpoint_every=1, stop_after_steps=0, eval_batches=0, intra_op_threads=0)
+        check_at_least(self, log_every=1, checkpoint_every=1, stop_after_steps=0, eval_batches=0, batch_chunk=1,
+                       intra_op_threads=0)
 
 
 # ---------------------------------------------------------------------------------------------

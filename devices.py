@@ -120,6 +120,19 @@ def make_strategy(name):
         return tf.distribute.TPUStrategy(resolver)
 
 
+def rows_per_replica(batch_size, replicas, batch_chunk=1):
+    """The rows of each global batch that each replica takes; refuses a batch that the replicas, or rows that
+    --batch_chunk's chunks, do not split evenly."""
+    if batch_size % replicas:
+        raise ValueError(f"The dataset's batch_size {batch_size} does not split over {replicas} replicas; "
+                         f"rebuild it with a --batch_size that {replicas} divides.")
+    rows = batch_size // replicas
+    if rows % batch_chunk:
+        raise ValueError(f"--batch_chunk={batch_chunk} does not divide the {rows} rows that each of {replicas} "
+                         f"replica(s) takes of the dataset's batch_size {batch_size}; use a divisor of {rows}.")
+    return rows
+
+
 def is_chief(strategy):
     """Whether this process writes the run's files: every process but a multi-worker strategy's non-chief workers.
 

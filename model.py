@@ -523,6 +523,11 @@ class TransformerXL(keras.Model):
         """The architecture logits, one [3] variable per block; empty for a fixed architecture."""
         return [block.arch_logits for block in self.blocks if self.is_supernet]
 
+    def per_step_sample_seeds(self):
+        """The seed states of the blocks that draw one Gumbel sample a step (not one per example): a step run in
+        chunks (train.py --batch_chunk) sets them back before each chunk, so that every chunk draws that sample."""
+        return [block.seed_generator.state for block in self.blocks if self.is_supernet and not block.gumbel_per_example]
+
     @property
     def weight_variables(self):
         """Every trainable variable but the architecture logits, the embedding first."""

@@ -130,12 +130,14 @@ class Search:
         pi = tf.nn.softmax(tf.stack([tf.convert_to_tensor(logits) for logits in self.model.arch_variables]), axis=-1)
         return tf.reduce_sum(pi * self.cost_shares)
 
-    def loss(self, nll_loss):
+    def loss(self, nll_loss, share=1.0):
         """What the logits minimise: the NLL per token plus cost_weight x expected_cost (an additive
-        cost term; lambda = 0 is the plain cross-entropy of the original's search)."""
+        cost term; lambda = 0 is the plain cross-entropy of the original's search). share: the part of
+        the step's batch that nll_loss covers (1 / --batch_chunk for a chunk's), which takes that share
+        of the term, so that a step's chunks add it once."""
         if self.cost_shares is None:
             return nll_loss
-        return nll_loss + self.config.cost_weight * self.expected_cost()
+        return nll_loss + share * self.config.cost_weight * self.expected_cost()
 
     def apply(self, gradients, logits, loss_scale=None):
         """Updates the logits; loss_scale (float16's) is undone by hand, an overflowing step's gradient set to 0."""

@@ -34,7 +34,7 @@ from costs import flops_per_token, tail_shares
 from evaluate import evaluate_both_ways
 from gumbel import ExponentialTauSchedule
 from model import Memory, TransformerXL, count_parameters
-from optimizers import learning_rate_schedule, make_weight_optimizer
+from optimizers import learning_rate_schedule, make_weight_optimizer, summed_over_chunks
 from search import Search
 
 
@@ -52,23 +52,20 @@ class Trainer:
     one global memory after each step, and their NLL sums are added before the perplexity.
     """
 
-    def __init__(self, model_config, config, train_batches, batch_size, seq_len, strategy=None, tail_shares=None):
-        """train_batches: an epoch's batches of seq_len tokens a row. A SuperNet's search.Search, which trains
-        its logits, is `search`; a fixed architecture has none. tail_shares: each adaptive softmax tail's share
-        of the training tokens. In a step compiled with XLA each tail then scores a static number of rows sized
-        from it (tail_capacities), not every row; without XLA each tail scores exactly its own rows anyway.
-        """
+    def __init__(self, model_config, config, train_batches, batch_size, seq_len, strategy=None, tail_shares=None,
+                 batch_chunk=1):
+        """train_batches: an epoch's batches of seq_len tokens a row. A SuperNet's search.Search, which trains its
+        logits, is `search`; a fixed architecture has none. tail_shares: each adaptive softmax tail's share of the
+        training tokens, from which an XLA step sizes each tail's rows (tail_capacities); without XLA each tail
+        scores exactly its own rows. batch_chunk: the chunks a replica's rows run in, their gradients summed."""
         keras.utils.set_random_seed(config.seed)
         search = Search(model_config, config, train_batches, seq_len) if model_config.architecture is None else None
         steps_per_epoch = search.steps_per_epoch if search else train_batches  # The weights' steps.
         self.config, self.search = config, search
         self.divergence_limit = 2 * math.log(model_config.vocab_size)  # Twice uniform guessing's loss.
         self.strategy = strategy or tf.distribute.get_strategy()
-        replicas = self.strategy.num_replicas_in_sync
-        if batch_size % replicas:
-            raise ValueError(f"The dataset's batch_size {batch_size} does not split over {replicas} replicas; "
-                             f"rebuild it with a --batch_size that {replicas} divides.")
-        self.batch_size = batch_size
+        devices.rows_per_replica(batch_size, self.strategy.num_replicas_in_sync, batch_chunk)  # Refuses uneven splits.
+        self.batch_size, self.batch_chunk = batch_size, batch_chunk
         self.steps_per_epoch, self.total_steps = steps_per_epoch, config.epochs * steps_per_epoch
         # Indexed by steps taken before a step: the first step uses tau_start, the last tau_end.
         self.tau_schedule = ExponentialTauSchedule(config.tau_start, config.tau_end, max(self.total_steps - 1, 1))
@@ -92,7 +89,7 @@ class Trainer:
             self.token_count = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="interval_token_count")
             if search:
                 search.build(self.model, self.global_step, batch_size)
-        single_device = self.strategy is tf.distribute.get_strategy() or replicas == 1
+        single_device = self.strategy is tf.distribute.get_strategy() or self.strategy.num_replicas_in_sync == 1
         # XLA compiles the whole step on one device; across replicas the collectives stay outside it.
         self.jit_compile = devices.use_xla(config.jit_compile) and single_device
         self.train_step = tf.function(self._train_step, jit_compile=self.jit_compile)
@@ -187,31 +184,33 @@ class Trainer:
 
     def _update(self, inputs, targets, memory, scored, stream="train"):
         """Forward, backward and the optimizers' updates, the loss being the rows' NLL per `scored` token
-        (plus the search's cost term for the logits, search.Search.loss).
+        (plus the search's cost term for the logits, search.Search.loss), gradients summed over --batch_chunk chunks.
 
         The training stream updates the weights, and the search's logits where it trains them on this
         stream (search.Search.logits_trained_on). Returns (the rows' NLL sum, new Memory).
         """
         weights = self.model.weight_variables if stream == "train" else []
         arch = self.search.logits_trained_on(stream) if self.search else []
-        capacities = tail_capacities(self.tail_shares, targets.shape.num_elements()) if self.tail_shares else None
         loss_scaled = isinstance(self.weight_optimizer, keras.optimizers.LossScaleOptimizer)
         # The held-out step follows the training step it belongs to, which counted itself already.
-        step = self.global_step + (1 if stream == "train" else 0)
-        with tf.GradientTape() as tape:
-            nll, new_memory = self.model.token_nll(inputs, targets, memory, tau=self.tau_of_step(step),
-                                                   training=True, gather_rows=not self.jit_compile,
-                                                   tail_capacities=capacities)
-            loss = tf.reduce_sum(nll) / tf.maximum(scored, 1.0)
-            if arch:
-                loss = self.search.loss(loss)
-            scaled_loss = self.weight_optimizer.scale_loss(loss) if loss_scaled else loss
-        gradients = tape.gradient(scaled_loss, weights + arch)
+        tau = self.tau_of_step(self.global_step + (1 if stream == "train" else 0))
+
+        def chunk_step(inputs, targets, memory):
+            capacities = tail_capacities(self.tail_shares, targets.shape.num_elements()) if self.tail_shares else None
+            with tf.GradientTape() as tape:
+                nll, new_memory = self.model.token_nll(inputs, targets, memory, tau=tau, training=True,
+                                                       gather_rows=not self.jit_compile, tail_capacities=capacities)
+                loss = tf.reduce_sum(nll) / tf.maximum(scored, 1.0)
+                loss = self.search.loss(loss, share=1 / self.batch_chunk) if arch else loss
+                scaled_loss = self.weight_optimizer.scale_loss(loss) if loss_scaled else loss
+            return tf.reduce_sum(nll), new_memory, tape.gradient(scaled_loss, weights + arch)
+        nll_sum, new_memory, gradients = summed_over_chunks(chunk_step, self.batch_chunk, inputs, targets, memory,
+                                                            self.model.per_step_sample_seeds())
         if weights:
             self.weight_optimizer.apply(gradients[: len(weights)], weights)
         if arch:
             self.search.apply(gradients[len(weights):], arch, self.weight_optimizer.dynamic_scale if loss_scaled else None)
-        return tf.reduce_sum(nll), new_memory
+        return nll_sum, new_memory
 
     def check_finite(self, checkpoint_dir=None):
         """Raises NonFiniteLossError if any step since the start had a NaN, inf or diverged loss, naming the
@@ -311,12 +310,12 @@ def train_and_evaluate(model_config, config, data_dir, run_dir, options=RunOptio
     record = runs.config_record(model_config, config, data_dir, metadata)
     run.check_or_save_config(record, save=False)
     log = runs.make_logger(run, to_file=chief)
-    log.info("Precision %s (%s), on %s.", precision, precision_reason,
-             ", ".join(device.name for device in tf.config.list_logical_devices()))
+    log.info("Precision %s (%s), on %s; --batch_chunk=%d.", precision, precision_reason,
+             ", ".join(device.name for device in tf.config.list_logical_devices()), options.batch_chunk)
     batch_size, seq_len, train_batches = metadata["batch_size"], metadata["seq_len"], metadata["splits"]["train"]["batches"]
     unigram_path = pathlib.Path(data_dir) / UNIGRAM_FILE  # Synthetic datasets have none.
     shares = tail_shares(np.loadtxt(unigram_path), model_config.cutoffs) if unigram_path.is_file() else None
-    trainer = Trainer(model_config, config, train_batches, batch_size, seq_len, strategy, shares)
+    trainer = Trainer(model_config, config, train_batches, batch_size, seq_len, strategy, shares, options.batch_chunk)
     search = trainer.search
     run.check_or_save_config(record, save=chief)  # Only once the run can start.
     write_dir = devices.checkpoint_write_dir(run, strategy)

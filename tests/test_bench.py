@@ -1,5 +1,5 @@
 """bench.py: its synthetic stream, its data defaults, its provenance, its search modes, cost table and eval
-memory, and tiny end-to-end runs of the report."""
+memory, batches in chunks, and tiny end-to-end runs of the report."""
 import datetime
 import importlib.metadata
 import json
@@ -16,7 +16,7 @@ import bench
 import checkpoints
 import devices
 from config import ModelConfig, TrainConfig
-from conftest import REPO_ROOT, TINY_MODEL
+from conftest import REPO_ROOT, TINY_MODEL, error_line
 from costs import flops_per_token
 from model import Memory
 
@@ -52,12 +52,28 @@ def test_git_commit_names_head_and_whether_tracked_files_changed(tmp_path):
     assert bench.git_commit(tmp_path) == (head, True)
 
 
+def test_step_memory_is_the_peak_a_call_adds_to_the_memory_in_use():
+    held = tf.ones([256, 1024])  # 1 MiB in use before and after the call, not counted.
+
+    def run():  # Two 4 MiB tensors at once.
+        doubled = tf.ones([1024, 1024]) * 2.0
+        return float(tf.reduce_sum(doubled))
+
+    assert bench.step_memory_mib(run) == pytest.approx(8.0, abs=0.1) and held.shape == (256, 1024)
+
+
+def test_a_batch_chunk_that_does_not_divide_the_batch_is_refused_in_one_line():
+    result = subprocess.run([sys.executable, "bench.py", "--batch_size=4", "--batch_chunk=3"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert "--batch_chunk=3 does not divide the 4 rows" in error_line(result, "bench.py")
+
+
 @pytest.mark.slow
 def test_tiny_benchmark_writes_a_complete_report(tmp_path):
     output = tmp_path / "bench.json"
     command = [sys.executable, "bench.py", "--vocab_size=64", "--cutoffs=8,24", "--d_model=16", "--num_heads=2",
                "--d_ffn=32", "--num_layers=2", "--mem_len=4", "--batch_size=4", "--seq_len=8", "--steps=3",
-               "--warmup_steps_bench=1", "--architectures=supernet,AD", f"--output={output}"]
+               "--warmup_steps_bench=1", "--architectures=supernet,AD", "--batch_chunk=2", f"--output={output}"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
@@ -76,6 +92,8 @@ def test_tiny_benchmark_writes_a_complete_report(tmp_path):
     assert report["data_tokens_per_second"] > 0 and len(report["tail_shares"]) == 2
     for figures in results.values():
         assert figures["train_ms_per_step"] > 0 and figures["eval_ms_per_step"] > 0 and figures["train_mfu"] > 0
+        assert 0 <= figures["train_step_memory_mib"] < report["peak_host_memory_mib"]  # A tiny step's, within what it frees.
+    assert report["batch_chunk"] == 2 and "batch 4 x seq_len 8 in 2 chunk(s)" in result.stdout
     # The SuperNet runs both candidates of each block, so it costs more FLOPs than the fixed "AD".
     assert results["supernet", "float32"]["train_flops_per_step"] > results["AD", "float32"]["train_flops_per_step"]
     table = [line.split() for line in result.stdout.splitlines()]

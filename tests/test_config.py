@@ -26,7 +26,7 @@ def test_train_config_refuses_bad_settings_naming_the_flag(settings, fragment):
 
 
 @pytest.mark.parametrize("settings", [dict(log_every=0), dict(checkpoint_every=0), dict(strategy="gpu"),
-                                      dict(intra_op_threads=-1), dict(eval_batches=-2)])
+                                      dict(intra_op_threads=-1), dict(eval_batches=-2), dict(batch_chunk=0)])
 def test_run_options_refuse_bad_settings_naming_the_flag(settings):
     with pytest.raises(ValueError, match=f"--{next(iter(settings))}="):
         RunOptions(**settings)

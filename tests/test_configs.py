@@ -1,6 +1,6 @@
 """configs/: each preset's flags exist in train.py (and its data's in build_data.py) and take valid values, the
-training file reads the directory its data file builds, and its model builds and runs; Transformer-XL's base
-presets have the sizes that docs/datasets.md gives."""
+training file reads the directory its data file builds, its --batch_chunk splits the batch, and its model builds
+and runs; Transformer-XL's base presets have the sizes that docs/datasets.md gives."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,6 +8,7 @@ from absl import flags
 
 import config
 import data_utils
+import devices
 from conftest import REPO_ROOT
 from model import TransformerXL, count_parameters
 
@@ -48,7 +49,8 @@ def test_a_preset_takes_valid_flags_and_builds_its_model(preset):
     data = read_flag_file(build_data_flags(), preset.with_suffix(".data.flags"))
     train = read_flag_file(config.define_flags(flags.FlagValues()), preset)
     assert train.data_dir == data.output_dir  # train.py reads what the data preset builds.
-    model_config, _, _ = config.configs_from_flags(train, vocab_size(data))  # Each dataclass checks its values.
+    model_config, _, options = config.configs_from_flags(train, vocab_size(data))  # Each dataclass checks its values.
+    assert devices.rows_per_replica(data.batch_size, 1, options.batch_chunk)  # --batch_chunk divides one GPU's rows.
     model = TransformerXL(model_config)
     tokens = tf.ones([1, 8], tf.int32)
     nll, _ = model.token_nll(tokens, tokens, model.initial_memory(1))

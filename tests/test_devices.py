@@ -1,4 +1,5 @@
-"""devices.py: the chief of a cluster and where each worker saves, the precision auto picks, and each choice refused by name."""
+"""devices.py: the chief of a cluster and where each worker saves, the precision auto picks, the rows each replica
+takes, and each choice refused by name."""
 import types
 
 import pytest
@@ -51,3 +52,12 @@ def test_the_cpu_flags_that_make_bfloat16_native_are_read_from_cpuinfo(monkeypat
 def test_each_choice_is_refused_by_its_flag(call, flag):
     with pytest.raises(ValueError, match=flag):
         call()
+
+
+def test_rows_per_replica_refuses_batches_and_chunks_that_do_not_split_evenly():
+    assert devices.rows_per_replica(8, 2) == 4 and devices.rows_per_replica(8, 2, batch_chunk=4) == 4
+    with pytest.raises(ValueError, match="batch_size 6 does not split over 4 replicas"):
+        devices.rows_per_replica(6, 4)
+    with pytest.raises(ValueError, match=r"--batch_chunk=3 does not divide the 4 rows that each of 2 replica\(s\) takes "
+                                         r"of the dataset's batch_size 8; use a divisor of 4\."):
+        devices.rows_per_replica(8, 2, batch_chunk=3)

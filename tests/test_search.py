@@ -79,6 +79,7 @@ def test_the_cost_terms_gradient_on_the_logits_is_the_analytic_one():
     gradients = tape.gradient(term, trainer.model.arch_variables)
     pi = trainer.model.arch_probabilities()
     np.testing.assert_allclose(term, 0.7 * np.sum(pi * shares), rtol=1e-6)
+    np.testing.assert_allclose(trainer.search.loss(tf.constant(1.0), share=0.25), 1 + term / 4, rtol=1e-6)  # A chunk's.
     for block_pi, gradient in zip(pi, gradients):  # d/dz_j sum_k pi_k c_k = pi_j (c_j - sum_k pi_k c_k).
         np.testing.assert_allclose(gradient, 0.7 * block_pi * (shares - block_pi @ shares), rtol=1e-5, atol=1e-8)
 

@@ -1,5 +1,5 @@
 """train.py: learning, exact resume (paused, killed, damaged), the NaN guard, the schedules, the whole loop from
-the command line and the notebook, XLA, mixed precision and distribution strategies."""
+the command line and the notebook, XLA, mixed precision, batches in chunks and distribution strategies."""
 import contextlib
 import dataclasses
 import json
@@ -59,13 +59,15 @@ SEARCH_OPTIONS = dict(model=dict(single_path=True), train=dict(arch_holdout=0.2,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("search, steps_per_epoch", [(dict(model={}, train={}), 37), (SEARCH_OPTIONS, 30)])
+@pytest.mark.parametrize("search, steps_per_epoch", [(dict(model={}, train={}), 37), (SEARCH_OPTIONS, 30),
+                                                     (dict(model={}, train={}, batch_chunk=2), 37)],
+                         ids=["supernet", "search_options", "batch_chunk"])
 def test_paused_and_resumed_run_matches_uninterrupted_run(tmp_path, search, steps_per_epoch):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.random.default_rng(0).integers(1, 30, 1200),
                                     vocab_size=30, batch_size=4, seq_len=8)  # 37 batches per epoch.
     model_config = ModelConfig(vocab_size=30, cutoffs=(8, 16), **TINY_MODEL, **search["model"])
     config = TrainConfig(epochs=2, max_lr=1e-3, warmup_steps=5, **search["train"])
-    options = RunOptions(log_every=1, checkpoint_every=1000)
+    options = RunOptions(log_every=1, checkpoint_every=1000, batch_chunk=search.get("batch_chunk", 1))
     straight = train.train_and_evaluate(model_config, config, data_dir, tmp_path / "straight", options)
     paused = dict(options.__dict__, stop_after_steps=23)  # Mid-epoch: memory and data position must survive.
     assert train.train_and_evaluate(model_config, config, data_dir, tmp_path / "resumed", RunOptions(**paused)) == {}
@@ -108,7 +110,9 @@ def test_bad_flags_fail_before_training_with_one_line(tmp_path):
     cases = [(["--num_heads=3"], "num_heads"), (["--cutoffs=10,25"], "25"),
              ([f"--data_dir={tmp_path / 'missing'}"], "create_tfrecords"), (["--epochs=0"], "--epochs=0"),
              (["--tau_end=0"], "--tau_end=0"), (["--log_every=0"], "--log_every=0"),
-             (["--checkpoint_every=0"], "--checkpoint_every=0"), (["--strategy=tpu"], "--strategy=tpu: no TPU found")]
+             (["--checkpoint_every=0"], "--checkpoint_every=0"), (["--strategy=tpu"], "--strategy=tpu: no TPU found"),
+             (["--batch_chunk=0"], "--batch_chunk=0: must be at least 1"),
+             (["--batch_chunk=3"], "--batch_chunk=3 does not divide the 2 rows that each of 1 replica(s) takes")]
     for extra, fragment in cases:
         result = subprocess.run([sys.executable, "train.py", f"--data_dir={data_dir}", f"--logdir={tmp_path / 'logs'}",
                                  "--d_model=16", "--cutoffs=", *extra], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -209,6 +213,54 @@ def stream_losses(data_dir, steps, **trainer_options):
     return np.array(losses), trainer.train_step.get_concrete_function(*batches[0])
 
 
+def steps_taken(data_dir, batch_chunk, model_options, train_options, steps=3):
+    """(the losses, then every variable of the model and the memory) after `steps` steps of the tiny model with
+    cutoffs (8, 16), without dropout, each batch in `batch_chunk` chunks; a search with a held-out stream also
+    takes a held-out step on each batch."""
+    model_config = ModelConfig(vocab_size=30, cutoffs=(8, 16), **{**TINY_MODEL, "dropout_rate": 0.0}, **model_options)
+    config = TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=2, **{"precision": "float32", **train_options})
+    trainer = train.Trainer(model_config, config, 30, batch_size=4, seq_len=8, batch_chunk=batch_chunk)
+    losses = []
+    for inputs, targets in data_utils.make_dataset(data_dir, "train").take(steps):
+        losses.append(float(trainer.train_step(inputs, targets)))
+        if trainer.search and trainer.search.heldout_batches:
+            losses.append(float(trainer.heldout_step(inputs, targets)))
+    return [np.array(losses)] + [variable.numpy() for variable in trainer.model.variables + list(trainer.streams["train"])]
+
+
+# A cost term whose gradient weighs on the logits beside the NLL's, so that adding it once per chunk would show.
+COSTLY_SEARCH = dict(cost_weight=0.05, arch_lr=1e-2)
+CHUNKED_CASES = {
+    "fixed_in_chunks_of_a_row": (dict(architecture="ADI"), {}, 4),
+    "search": ({}, COSTLY_SEARCH, 2),  # The logits learn on the training stream; every chunk draws its one sample.
+    "heldout_single_path_search": (dict(single_path=True), dict(arch_holdout=0.2, **COSTLY_SEARCH), 2),
+    "float16_loss_scaled": (dict(architecture="ADI"), dict(precision="float16"), 2),
+}
+
+
+@pytest.mark.parametrize("model_options, train_options, batch_chunk", [
+    pytest.param(*case, id=name, marks=[pytest.mark.slow] if name == "heldout_single_path_search" else [])
+    for name, case in CHUNKED_CASES.items()])
+def test_a_batch_in_chunks_trains_as_the_whole_batch(tmp_path, model_options, train_options, batch_chunk):
+    """--batch_chunk: summed chunks' gradients make the whole batch's step; the losses, weights, logits, Gumbel
+    seeds and memory after three steps match."""
+    data_dir = distributed_data(tmp_path)
+    whole = steps_taken(data_dir, 1, model_options, train_options)
+    chunked = steps_taken(data_dir, batch_chunk, model_options, train_options)
+    tolerance = 1e-4 if train_options.get("precision") == "float16" else 1e-5
+    for actual, expected in zip(chunked, whole, strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.slow  # Compiles four training steps with XLA.
+def test_a_batch_in_chunks_trains_as_the_whole_batch_under_xla(tmp_path):
+    data_dir = distributed_data(tmp_path)
+    with mock.patch.object(devices, "use_xla", lambda jit_compile: True):
+        whole, chunked = (steps_taken(data_dir, chunks, {}, COSTLY_SEARCH) for chunks in (1, 2))
+    for actual, expected in zip(chunked, whole, strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
 # 0.25 of the true shares gives the second tail the minimum 8 rows for its 17 or so a batch: it overflows.
 @pytest.mark.slow  # Each compiles two training steps with XLA.
 @pytest.mark.parametrize("share_scale", [1.0, 0.25])
@@ -250,13 +302,14 @@ import data_utils, devices, train
 from config import ModelConfig, RunOptions, TrainConfig
 strategies = {"single": tf.distribute.get_strategy, "multi_worker": lambda: devices.make_strategy("multi_worker"),
               "mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
+strategies["mirrored_in_chunks"] = strategies["mirrored"]  # Each replica's 2 rows in chunks of one (--batch_chunk=2).
 model_config = ModelConfig(vocab_size=30, cutoffs=(8, 16), d_model=16, num_heads=2, d_ffn=32, num_layers=3, mem_len=4,
                            dropout_rate=0.0)
 losses = {}
 for name in sys.argv[2:]:
     strategy = strategies[name]()
     trainer = train.Trainer(model_config, TrainConfig(epochs=1, max_lr=3e-3, warmup_steps=5, precision="float32"),
-                            30, 4, 8, strategy)
+                            30, 4, 8, strategy, batch_chunk=2 if name.endswith("_in_chunks") else 1)
     losses[name + "_replicas"] = strategy.num_replicas_in_sync
     losses[name] = []
     for inputs, targets in data_utils.make_dataset(sys.argv[1], "train").take(30):
@@ -276,14 +329,15 @@ def distributed_data(tmp_path):
 def test_mirrored_strategy_over_two_devices_matches_one_device(tmp_path):
     """Each replica keeps its rows (and their memory); the summed metrics give the same loss trajectory."""
     result = subprocess.run([sys.executable, "-c", DISTRIBUTED_RUN, str(distributed_data(tmp_path)), "single",
-                             "mirrored"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+                             "mirrored", "mirrored_in_chunks"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     losses = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(losses["single"]) == 30
-    np.testing.assert_allclose(losses["mirrored_memory"], losses["single_memory"], atol=1e-5)
-    np.testing.assert_allclose(losses["mirrored"][:2], losses["single"][:2], rtol=1e-5)
-    # Later steps drift by float summation order, which Adam's normalisation amplifies at first.
-    np.testing.assert_allclose(losses["mirrored"], losses["single"], rtol=5e-3)
+    for name in ("mirrored", "mirrored_in_chunks"):
+        np.testing.assert_allclose(losses[f"{name}_memory"], losses["single_memory"], atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(losses[name][:2], losses["single"][:2], rtol=1e-5, err_msg=name)
+        # Later steps drift by float summation order, which Adam's normalisation amplifies at first.
+        np.testing.assert_allclose(losses[name], losses["single"], rtol=5e-3, err_msg=name)
 
 
 @contextlib.contextmanager
