@@ -2,6 +2,7 @@
 corpus and run, a small disk to fill and the one-error-line check. Imports no TensorFlow itself: the helpers that
 need it import it.
 """
+import contextlib
 import os
 import pathlib
 import shutil
@@ -50,18 +51,25 @@ def error_line(result, script):
     return lines[0]
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs of its own (a tiny run takes 1.2), unmounted at the end; skips where mounting is refused."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+@contextlib.contextmanager
+def tmpfs(folder, options):
+    """A tmpfs of its own at `folder`, mounted with mount's -o `options`, unmounted at the end; skips where mounting
+    is refused."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
-        yield disk
+        yield folder
     finally:
-        subprocess.run(["umount", str(disk)], check=True)
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (a tiny run takes 1.2)."""
+    with tmpfs(tmp_path / "disk", "size=4m") as disk:
+        yield disk
 
 
 def fill(disk, leave=0):

@@ -27,7 +27,7 @@ import reliability
 import runs
 import train
 from config import METADATA_FILE, ModelConfig, TrainConfig
-from conftest import REPO_ROOT, TINY_MODEL, error_line, fill, write_corpus
+from conftest import REPO_ROOT, TINY_MODEL, error_line, fill, tmpfs, write_corpus
 
 BROKEN_JSON = '{"model": {d_model: 16}}'  # A hand edit that forgot the quotes.
 
@@ -171,17 +171,9 @@ def test_only_a_full_disk_is_turned_into_a_disk_full_error(tmp_path):
 
 @pytest.fixture
 def read_only_disk(tmp_path):
-    """A read-only tmpfs of its own, unmounted at the end; skips where mounting is refused."""
-    disk = tmp_path / "read_only"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    """A read-only tmpfs."""
+    with tmpfs(tmp_path / "read_only", "ro,size=1m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_a_folder_under_a_file_is_unwritable_and_a_new_one_is_checked_without_a_trace(tmp_path):
