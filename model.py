@@ -137,6 +137,13 @@ def relative_shift(scores):
     return tf.reshape(tf.slice(padded, [0, 0, 1, 0], [-1, -1, -1, -1]), [heads, batch, queries, keys])  # [H, B, T, K]
 
 
+class KeyValues(NamedTuple):
+    """Attention's keys and values over a context, [H, B, K, N] each."""
+
+    keys: tf.Tensor
+    values: tf.Tensor
+
+
 @keras.saving.register_keras_serializable(package="par")
 class RelativeMultiHeadAttention(keras.layers.Layer):
     """Transformer-XL attention: queries from the segment, keys and values over [memory; segment].
@@ -170,21 +177,26 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
         self.content_bias = self.add_weight((self.num_heads, self.d_head), initializer(), name="content_bias")  # u
         self.position_bias = self.add_weight((self.num_heads, self.d_head), initializer(), name="position_bias")  # v
 
+    def keys_values(self, context):
+        """[B, K, D] -> KeyValues, [H, B, K, N] each. Heads first: the score and value products are then
+        batched matmuls whose gradients need no transposes (alone, forward and backward, about 1.2x faster
+        than batch-major einsums on CPU), and the position scores are one [B*T, K] product per head."""
+        return KeyValues(tf.einsum("bkd,dhn->hbkn", context, self.key_kernel),
+                         tf.einsum("bkd,dhn->hbkn", context, self.value_kernel))
+
     def call(self, x, memory, valid_length, training=None):
         """x [B, T, D]; memory [B, M, D], the M inputs before x, of which the last valid_length
-        (int32 scalar) are real and the first M - valid_length not yet filled -> [B, T, D]."""
-        memory = tf.stop_gradient(memory)  # The previous segment is context, not trained through.
-        num_memory = shape_list(memory)[1]
+        (int32 scalar) are real and the first M - valid_length not yet filled -> [B, T, D].
+        memory may instead be the KeyValues of [memory; x], projected already (generation)."""
         batch, num_queries = shape_list(x)[:2]
-        context = tf.concat([memory, x], axis=1)  # [B, K, D]
-        num_keys = shape_list(context)[1]
-
-        # Heads first, [H, B, ., N]: the score and value products are then batched matmuls whose
-        # gradients need no transposes (alone, forward and backward, about 1.2x faster than
-        # batch-major einsums on CPU), and the position scores are one [B*T, K] product per head.
+        if isinstance(memory, KeyValues):
+            key, value = memory
+        else:
+            memory = tf.stop_gradient(memory)  # The previous segment is context, not trained through.
+            key, value = self.keys_values(tf.concat([memory, x], axis=1))  # [H, B, K, N] each
+        num_keys = shape_list(key)[2]
+        num_memory = num_keys - num_queries
         query = tf.einsum("btd,dhn->hbtn", x, self.query_kernel)  # [H, B, T, N]
-        key = tf.einsum("bkd,dhn->hbkn", context, self.key_kernel)  # [H, B, K, N]
-        value = tf.einsum("bkd,dhn->hbkn", context, self.value_kernel)  # [H, B, K, N]
 
         distances = tf.range(num_keys - 1, -1, -1, dtype=tf.float32)  # [K]: K-1 down to 0
         if self.clamp_len > 0:
@@ -243,11 +255,17 @@ class AttentionBlock(keras.layers.Layer):
         self.attention.build(input_shape)
         self.norm.build(input_shape)
 
+    def keys_values(self, x):
+        """Block inputs [B, K, D] -> KeyValues, [H, B, K, N] each, as this block's attention projects them."""
+        return self.attention.keys_values(self.norm(x) if self.pre_norm else x)
+
     def call(self, x, memory=None, valid_length=None, training=None):
-        """x [B, T, D], memory [B, M, D] (this block's earlier inputs), valid_length int32 -> [B, T, D]."""
+        """x [B, T, D], memory [B, M, D] (this block's earlier inputs) or KeyValues (see
+        RelativeMultiHeadAttention), valid_length int32 -> [B, T, D]."""
         if self.pre_norm:
             # The memory holds block inputs, so it is normalised like x: LN is per position.
-            attended = self.attention(self.norm(x), self.norm(memory), valid_length, training=training)
+            memory = memory if isinstance(memory, KeyValues) else self.norm(memory)
+            attended = self.attention(self.norm(x), memory, valid_length, training=training)
             return x + self.dropout(attended, training=training)
         attended = self.attention(x, memory, valid_length, training=training)
         return self.norm(x + self.dropout(attended, training=training))
@@ -342,6 +360,10 @@ class StochasticBlock(keras.layers.Layer):
     def uses_memory(self):
         return any(candidate.uses_memory for candidate in self.candidates)
 
+    def keys_values(self, x):
+        """The attention candidate's KeyValues of block inputs x (AttentionBlock.keys_values)."""
+        return next(candidate for candidate in self.candidates if candidate.uses_memory).keys_values(x)
+
     def build(self, input_shape):
         for candidate in self.candidates:
             candidate.build(input_shape)
@@ -409,6 +431,17 @@ class Memory(NamedTuple):
     valid_length: tf.Tensor
 
 
+class KeyValueMemory(NamedTuple):
+    """The memory as each attention-bearing block's keys and values of its last mem_len inputs,
+    [num_memory_layers, H, B, mem_len, N] each, and valid_length as in Memory. Only while the weights
+    do not change (generation): each position is then projected once, not again at every later step.
+    """
+
+    keys: tf.Tensor
+    values: tf.Tensor
+    valid_length: tf.Tensor
+
+
 @keras.saving.register_keras_serializable(package="par")
 class TransformerXL(keras.Model):
     """Token embedding (scaled by sqrt(d_model)), dropout, the blocks, a final LayerNorm when
@@ -464,35 +497,53 @@ class TransformerXL(keras.Model):
         self.output_layer.build(hidden_shape)
 
     @property
+    def memory_blocks(self):
+        """The blocks that keep a memory: those with attention."""
+        return [block for block in self.blocks if block.uses_memory]
+
+    @property
     def num_memory_layers(self):
-        return sum(block.uses_memory for block in self.blocks)
+        return len(self.memory_blocks)
 
     def initial_memory(self, batch_size):
         """An empty Memory for batch_size rows: zero states, valid_length 0."""
         shape = (self.num_memory_layers, batch_size, self.config.mem_len, self.config.d_model)
         return Memory(tf.zeros(shape, self.compute_dtype), tf.constant(0, tf.int32))
 
+    def key_value_memory(self, memory):
+        """Memory -> KeyValueMemory: each attention-bearing block's keys and values of its memory states."""
+        states = tf.cast(memory.states, self.compute_dtype)
+        projected = [block.keys_values(states[i]) for i, block in enumerate(self.memory_blocks)]
+        if not projected:  # No attention: empty keys and values, as Memory keeps empty states.
+            empty = tf.zeros([0, self.config.num_heads, *shape_list(states)[1:3], self.config.head_dim],
+                             self.compute_dtype)
+            return KeyValueMemory(empty, empty, memory.valid_length)
+        return KeyValueMemory(*(tf.stack(part) for part in zip(*projected)), memory.valid_length)
+
     def call(self, tokens, memory, tau=1.0, training=False, eval_mode="mix"):
-        """tokens [B, T] int32, memory: Memory, tau float scalar -> (hidden [B, T, D], new Memory).
+        """tokens [B, T] int32, memory: Memory (or KeyValueMemory), tau float scalar -> (hidden [B, T, D],
+        new memory of the same kind).
 
         hidden is the output layer's input (after the final dropout). Each attention-bearing
         block's new memory is the last mem_len positions of its input, concat[old memory, x],
-        without gradient. eval_mode, for a SuperNet not training: "mix" the candidates with pi,
-        or run each block's "argmax" candidate alone.
+        without gradient (or their keys and values). eval_mode, for a SuperNet not training: "mix"
+        the candidates with pi, or run each block's "argmax" candidate alone.
         """
         if eval_mode not in CHOICES["eval_mode"]:
             raise ValueError(f"eval_mode={eval_mode!r} must be one of {CHOICES['eval_mode']}.")
         num_tokens = shape_list(tokens)[1]
-        states = tf.cast(memory.states, self.compute_dtype)  # [L_mem, B, M, D]
-        mem_len = states.shape[2]  # The memory given, which may differ from config.mem_len.
+        projected = isinstance(memory, KeyValueMemory)
+        # [L_mem, B, M, D] states, or [L_mem, H, B, M, N] keys and values.
+        layers = memory[:2] if projected else (tf.cast(memory.states, self.compute_dtype),)
+        mem_len = layers[0].shape[-2]  # The memory given, which may differ from config.mem_len.
         x = self.embedding(tokens) * tf.cast(math.sqrt(self.config.d_model), self.compute_dtype)  # [B, T, D]
         x = self.embedding_dropout(x, training=training)
         extra = dict(tau=tau, eval_mode=eval_mode) if self.is_supernet else {}
-        new_states = []
+        new_layers = []
         for block in self.blocks:
             if block.uses_memory:
-                block_memory = states[len(new_states)]  # [B, M, D]
-                new_states.append(tf.stop_gradient(tf.concat([block_memory, x], axis=1)[:, num_tokens:]))
+                block_memory, new_layer = self._block_memory(block, x, [part[len(new_layers)] for part in layers])
+                new_layers.append(new_layer)
                 x = block(x, block_memory, memory.valid_length, training=training, **extra)
             else:
                 x = block(x, training=training, **extra)
@@ -500,7 +551,19 @@ class TransformerXL(keras.Model):
             x = self.final_norm(x)
         hidden = self.output_dropout(x, training=training)
         valid_length = tf.minimum(memory.valid_length + num_tokens, mem_len)
-        return hidden, Memory(tf.stack(new_states) if new_states else states, valid_length)
+        new_layers = [tf.stack(part) for part in zip(*new_layers)] if new_layers else layers
+        return hidden, (KeyValueMemory if projected else Memory)(*new_layers, valid_length)
+
+    @staticmethod
+    def _block_memory(block, x, layer):
+        """One block's memory argument and its new memory, from its part of the memory: layer = [states
+        [B, M, D]] gives states and the last M of [states; x]; layer = [keys, values] ([H, B, M, N]) gives
+        the KeyValues of [memory; x], and their last M positions."""
+        num_tokens = shape_list(x)[1]
+        if len(layer) == 1:
+            return layer[0], (tf.stop_gradient(tf.concat([layer[0], x], axis=1)[:, num_tokens:]),)
+        context = KeyValues(*(tf.concat([old, new], axis=2) for old, new in zip(layer, block.keys_values(x))))
+        return context, tuple(part[:, :, num_tokens:] for part in context)
 
     def token_nll(self, tokens, labels, memory, tau=1.0, training=False, eval_mode="mix", gather_rows=False,
                   tail_capacities=None):

@@ -9,7 +9,8 @@ ids and where each row ends. Every shape is fixed, so it traces once and runs wi
 token. The prompts' common length is read in one segment; then each step feeds one id per row,
 its prompt's next id while the prompt lasts and its own last new id after, so that prompts of any
 lengths share a batch (the memory's valid length is one for all rows). Past the first segment,
-context reaches back mem_len positions per block, as Transformer-XL evaluates.
+context reaches back mem_len positions per block, as Transformer-XL evaluates, and the memory is kept as
+its keys and values (model.KeyValueMemory), so that each position is projected once.
 """
 import numpy as np
 import tensorflow as tf
@@ -37,15 +38,43 @@ def filter_logits(logits, top_k, top_p):
     return tf.where(logits >= least_kept, logits, -np.inf)
 
 
+def where_it_falls(mass, point):
+    """[B, N] non-negative masses laid end to end, [B, 1] points -> ([B] int32 index of the segment each
+    point falls in, [B, N] mass before each segment). Segments of mass 0 are never chosen; a point past
+    the end (by rounding) falls in the last segment of positive mass."""
+    before = tf.cumsum(mass, axis=-1, exclusive=True)
+    reached = (before <= point) & (mass > 0)
+    return tf.reduce_max(tf.where(reached, tf.range(tf.shape(mass)[-1]), -1), axis=-1), before
+
+
+def draw(logits, seed, width=128):
+    """[B, V] logits -> [B] int32 ids drawn from softmax(logits) by inverse transform sampling in two levels:
+    a uniform point per row picks a block of `width` ids by their total probabilities, then an id within
+    it. One random number per row and two short cumulative sums, where a Gumbel-max draw
+    (tf.random.stateless_categorical) takes a random number per token, and one cumulative sum over the
+    vocabulary costs more on a CPU than both. An id of probability 0 (logit -inf) is never drawn. The
+    seed ([2] ints) repeats the draw."""
+    probs = tf.nn.softmax(logits)
+    batch, vocab = tf.shape(probs)[0], tf.shape(probs)[1]
+    num_blocks = (vocab + width - 1) // width
+    blocks = tf.reshape(tf.pad(probs, [[0, 0], [0, num_blocks * width - vocab]]), [batch, num_blocks, width])
+    block_mass = tf.reduce_sum(blocks, axis=-1)  # [B, C]
+    point = tf.random.stateless_uniform([batch, 1], seed) * tf.reduce_sum(block_mass, axis=-1, keepdims=True)
+    block, mass_before = where_it_falls(block_mass, point)  # [B], [B, C]
+    within, _ = where_it_falls(tf.gather(blocks, block, batch_dims=1),
+                               point - tf.gather(mass_before, block[:, None], batch_dims=1))
+    return block * width + within
+
+
 def next_ids(log_probs, temperature, top_k, top_p, seed):
     """[B, V] log-probabilities -> [B] int32 ids: the most likely at temperature 0, else a draw from
-    the filtered distribution at that temperature by a stateless op, which the seed ([2] ints) repeats."""
-    def draw():
+    the filtered distribution at that temperature, which the seed ([2] ints) repeats."""
+    def sample():
         logits = log_probs / temperature
         logits = tf.cond((top_k > 0) | (top_p < 1.0), lambda: filter_logits(logits, top_k, top_p), lambda: logits)
-        return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
+        return draw(logits, seed)
 
-    return tf.cond(temperature > 0, draw, lambda: tf.argmax(log_probs, axis=-1, output_type=tf.int32))
+    return tf.cond(temperature > 0, sample, lambda: tf.argmax(log_probs, axis=-1, output_type=tf.int32))
 
 
 def sample_ids(model, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, seed=0, stop_at_eol=False,
@@ -92,6 +121,7 @@ def sample_ids(model, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1
     empty = model.initial_memory(tf.shape(ids)[0])
     hidden, memory = model(ids[:, :first], empty, eval_mode=eval_mode)
     memory = memory._replace(states=tf.ensure_shape(memory.states, empty.states.shape))  # T was unknown.
+    memory = model.key_value_memory(memory)  # From here on each position's keys and values are projected once.
     ids, ends = write_next(first - 1, model.output_layer.log_probs(hidden[:, -1]), ids, prompt_lengths + max_new_tokens)
     _, _, ids, ends = tf.while_loop(generating, step, (first, memory, ids, ends))
     return tf.RaggedTensor.from_tensor(ids, lengths=ends)

@@ -107,6 +107,23 @@ def test_segments_with_memory_match_the_whole_sequence(architecture, pre_norm):
     assert int(memory.valid_length) == 6
 
 
+@pytest.mark.parametrize("architecture, pre_norm, eval_mode", [
+    (None, False, "mix"), (None, True, "argmax"), ("ADA", True, "mix"), ("DAD", False, "mix"), ("DD", False, "mix")])
+def test_projected_memory_gives_the_outputs_of_the_states_memory(architecture, pre_norm, eval_mode):
+    # Generation's path: a segment read with states, then one token at a time past mem_len (4), so that the
+    # keys and values slide as the states do.
+    model = tiny_model(architecture=architecture, pre_norm=pre_norm, dropout_rate=0.0)
+    tokens = random_tokens((2, 10))
+    _, states = model(tokens[:, :3], model.initial_memory(2), eval_mode=eval_mode)
+    projected = model.key_value_memory(states)
+    for t in range(3, 10):
+        expected, states = model(tokens[:, t:t + 1], states, eval_mode=eval_mode)
+        hidden, projected = model(tokens[:, t:t + 1], projected, eval_mode=eval_mode)
+        np.testing.assert_allclose(hidden, expected, atol=1e-5)
+        assert int(projected.valid_length) == int(states.valid_length) == min(t + 1, 4)
+    np.testing.assert_allclose(projected.keys, model.key_value_memory(states).keys, atol=1e-5)
+
+
 def test_no_gradient_flows_into_or_out_of_the_memory():
     model = tiny_model(architecture="A", dropout_rate=0.0)
     _, memory = model(random_tokens((2, 4), seed=1), model.initial_memory(2))

@@ -88,6 +88,27 @@ def test_draws_follow_the_filtered_distribution_at_the_temperature(temperature, 
     assert np.all(np.abs(frequencies - expected) <= 4 * np.sqrt(expected * (1 - expected) / draws) + 1e-12)
 
 
+def test_a_point_falls_in_the_segment_of_positive_mass_that_holds_it():
+    mass = tf.constant([[0.0, 0.2, 0.0, 0.5, 0.3, 0.0]] * 6)  # Segments 1: [0, 0.2), 3: [0.2, 0.7), 4: [0.7, 1).
+    points = tf.constant([[0.0], [0.1999], [0.2], [0.69], [0.7], [1.5]])  # The last is past the end.
+    index, before = sampler.where_it_falls(mass, points)
+    assert index.numpy().tolist() == [1, 1, 3, 3, 4, 4]
+    np.testing.assert_allclose(before[0], [0.0, 0.0, 0.2, 0.2, 0.7, 1.0])
+
+
+def test_draws_across_blocks_follow_the_distribution_and_never_take_an_id_of_probability_0():
+    # 300 ids in blocks of 128: the last id of block 0, none of block 1, the first and the last of block 2
+    # (padded to 384), and two inside block 0; every other id has probability 0.
+    ids, probabilities = [3, 100, 127, 256, 299], np.array([0.1, 0.25, 0.05, 0.4, 0.2])
+    logits = np.full((1, 300), -np.inf, np.float32)
+    logits[0, ids] = np.log(probabilities)
+    draws = 20_000
+    drawn = sampler.draw(tf.constant(np.repeat(logits, draws, axis=0)), tf.constant([5, 6], tf.int64)).numpy()
+    assert set(drawn.tolist()) == set(ids)
+    frequencies = np.bincount(drawn, minlength=300)[ids] / draws
+    assert np.all(np.abs(frequencies - probabilities) <= 4 * np.sqrt(probabilities * (1 - probabilities) / draws))
+
+
 def test_a_stop_at_the_end_of_a_line_cuts_each_sample_before_its_first_one(model):
     prompts = tf.ragged.constant([[3, 8, 5]] * 8)
     free = sampler.sample_ids(model, prompts, 40, temperature=1.0, seed=11).to_list()
