@@ -240,15 +240,16 @@ def field_kind(field):
     return typing.get_origin(kinds[0]) or kinds[0], len(kinds) < len(alternatives)
 
 
-def define_dataclass_flags(settings_class, flag_values, skip=()):
-    """One flag per field, with the field's default and its comment as help; tuples are comma-separated lists."""
+def define_dataclass_flags(settings_class, flag_values, skip=(), only=None):
+    """One flag per field (or per field named in `only`), with the field's default and its comment as help;
+    tuples are comma-separated lists."""
     from absl import flags
 
     define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_boolean,
               str: flags.DEFINE_string, tuple: flags.DEFINE_list}
     comments = field_comments(settings_class)
     for field in dataclasses.fields(settings_class):
-        if field.name not in skip:
+        if field.name not in skip and (only is None or field.name in only):
             kind, _ = field_kind(field)
             default = field.default if kind is not tuple or field.default is None else [str(v) for v in field.default]
             define[kind](field.name, default, comments[field.name], flag_values=flag_values, module_name=SCRIPT)

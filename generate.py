@@ -21,9 +21,10 @@ from absl import app, flags
 
 import checkpoints
 import data_utils
+import devices
 import export
 import sampler
-from config import CHOICES, METADATA_FILE, ModelConfig, define_verbose_flag
+from config import CHOICES, METADATA_FILE, ModelConfig, RunOptions, define_dataclass_flags, define_verbose_flag
 
 
 SAMPLE_SEPARATOR = "-" * 15  # Printed between samples.
@@ -36,7 +37,8 @@ def flag_error(flag_values):
               ("top_k", flag_values.top_k >= 0, "must be 0 (all tokens) or more"),
               ("top_p", 0 < flag_values.top_p <= 1, "must be in (0, 1]; --top_k=1 decodes greedily"),
               ("num_samples", flag_values.num_samples >= 1, "must be at least 1"),
-              ("mem_len", flag_values.mem_len is None or flag_values.mem_len >= 0, "must be 0 or more")]
+              ("mem_len", flag_values.mem_len is None or flag_values.mem_len >= 0, "must be 0 or more"),
+              ("intra_op_threads", flag_values.intra_op_threads >= 0, "must be 0 (TensorFlow's choice) or more")]
     return next((f"--{name}={flag_values[name].value}: {rule}." for name, valid, rule in bounds if not valid), None)
 
 
@@ -53,14 +55,15 @@ def load_text_model(path, mem_len=None, eval_mode="mix"):
 
 
 def main(argv):
+    if error := flag_error(FLAGS):
+        sys.exit(f"generate.py: error: {error}")
+    devices.set_intra_op_threads(FLAGS.intra_op_threads)  # Before any TensorFlow op.
     if FLAGS.benchmark:
         if len(argv) != 1:
             raise app.UsageError("--benchmark times a model of the default size; give no CHECKPOINT.")
         return benchmark(FLAGS.benchmark)
     if len(argv) != 2:
         raise app.UsageError("Usage: python generate.py CHECKPOINT --prompt=TEXT [--length=N] [--num_samples=N]")
-    if error := flag_error(FLAGS):
-        sys.exit(f"generate.py: error: {error}")
     quiet_tensorflow.hide_info_logs(FLAGS.verbose)
     with checkpoints.load_errors_in_one_line("generate.py", argv[1]):
         text_model = load_text_model(argv[1], FLAGS.mem_len, FLAGS.eval_mode)
@@ -120,6 +123,7 @@ def benchmark(output, prompt_length=16, length=100, repeats=3):
     batch_cost = seconds["compiled_8_samples"] / seconds["compiled_1_sample"]
     report = dict(provenance=bench.provenance(["float32"], "generate.py --benchmark times float32"),
                   cpu_count=os.cpu_count(), cpu_affinity=sorted(os.sched_getaffinity(0)),
+                  intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
                   load_average_1min=os.getloadavg()[0], model=dict(vars(model_config), supernet_eval_mode="mix"),
                   prompt_length=prompt_length, new_tokens=length, sampling=settings, repeats=repeats, results=results,
                   compiled_over_eager_1_sample=speedup, time_of_8_over_1_samples=batch_cost,
@@ -145,6 +149,7 @@ def define_flags():
                       "SuperNet only: mix candidates with pi, or take each argmax.")
     flags.DEFINE_string("benchmark", None, "Instead of sampling: time generation at the default model size and write "
                         "the JSON record here.")
+    define_dataclass_flags(RunOptions, flags.FLAGS, only=("intra_op_threads",))
     return define_verbose_flag()
 
 

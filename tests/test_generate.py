@@ -62,7 +62,9 @@ def test_a_missing_or_damaged_data_file_is_named_in_one_line(trained_run, tmp_pa
 @pytest.mark.parametrize("flag, message", [("--top_p=0", "--top_p=0.0: must be in (0, 1]"),
                                            ("--top_p=1.5", "--top_p=1.5: must be in (0, 1]"),
                                            ("--length=-1", "--length=-1: must be 0 or more"),
-                                           ("--temperature=-0.5", "--temperature=-0.5: must be 0 (greedy) or more")])
+                                           ("--temperature=-0.5", "--temperature=-0.5: must be 0 (greedy) or more"),
+                                           ("--intra_op_threads=-1",
+                                            "--intra_op_threads=-1: must be 0 (TensorFlow's choice) or more")])
 def test_a_bad_flag_is_refused_in_one_line_naming_it(flag, message):
     assert error_line(run_script("generate.py", "logs/base/export", flag), "generate.py") == \
         f"generate.py: error: {message}" + ("; --top_k=1 decodes greedily." if "top_p" in flag else ".")
