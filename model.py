@@ -534,16 +534,16 @@ class TransformerXL(keras.Model):
         num_tokens = shape_list(tokens)[1]
         projected = isinstance(memory, KeyValueMemory)
         # [L_mem, B, M, D] states, or [L_mem, H, B, M, N] keys and values.
-        layers = memory[:2] if projected else (tf.cast(memory.states, self.compute_dtype),)
-        mem_len = layers[0].shape[-2]  # The memory given, which may differ from config.mem_len.
+        tensors = memory[:2] if projected else (tf.cast(memory.states, self.compute_dtype),)
+        mem_len = tensors[0].shape[-2]  # The memory given, which may differ from config.mem_len.
         x = self.embedding(tokens) * tf.cast(math.sqrt(self.config.d_model), self.compute_dtype)  # [B, T, D]
         x = self.embedding_dropout(x, training=training)
         extra = dict(tau=tau, eval_mode=eval_mode) if self.is_supernet else {}
-        new_layers = []
+        per_block = []  # Each attention-bearing block's new memory tensors.
         for block in self.blocks:
             if block.uses_memory:
-                block_memory, new_layer = self._block_memory(block, x, [part[len(new_layers)] for part in layers])
-                new_layers.append(new_layer)
+                block_memory, new = self._block_memory(block, x, [tensor[len(per_block)] for tensor in tensors])
+                per_block.append(new)
                 x = block(x, block_memory, memory.valid_length, training=training, **extra)
             else:
                 x = block(x, training=training, **extra)
@@ -551,18 +551,18 @@ class TransformerXL(keras.Model):
             x = self.final_norm(x)
         hidden = self.output_dropout(x, training=training)
         valid_length = tf.minimum(memory.valid_length + num_tokens, mem_len)
-        new_layers = [tf.stack(part) for part in zip(*new_layers)] if new_layers else layers
-        return hidden, (KeyValueMemory if projected else Memory)(*new_layers, valid_length)
+        new_tensors = [tf.stack(parts) for parts in zip(*per_block)] if per_block else tensors
+        return hidden, (KeyValueMemory if projected else Memory)(*new_tensors, valid_length)
 
     @staticmethod
-    def _block_memory(block, x, layer):
-        """One block's memory argument and its new memory, from its part of the memory: layer = [states
-        [B, M, D]] gives states and the last M of [states; x]; layer = [keys, values] ([H, B, M, N]) gives
-        the KeyValues of [memory; x], and their last M positions."""
+    def _block_memory(block, x, own):
+        """One block's memory argument and its new memory, from its own part of the memory: [states [B, M, D]]
+        gives the states and the last M of [states; x]; [keys, values] ([H, B, M, N]) gives the KeyValues of
+        [memory; x], and their last M positions."""
         num_tokens = shape_list(x)[1]
-        if len(layer) == 1:
-            return layer[0], (tf.stop_gradient(tf.concat([layer[0], x], axis=1)[:, num_tokens:]),)
-        context = KeyValues(*(tf.concat([old, new], axis=2) for old, new in zip(layer, block.keys_values(x))))
+        if len(own) == 1:
+            return own[0], (tf.stop_gradient(tf.concat([own[0], x], axis=1)[:, num_tokens:]),)
+        context = KeyValues(*(tf.concat([old, new], axis=2) for old, new in zip(own, block.keys_values(x))))
         return context, tuple(part[:, :, num_tokens:] for part in context)
 
     def token_nll(self, tokens, labels, memory, tau=1.0, training=False, eval_mode="mix", gather_rows=False,
