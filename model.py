@@ -180,9 +180,10 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
     def keys_values(self, context):
         """[B, K, D] -> KeyValues, [H, B, K, N] each. Heads first: the score and value products are then
         batched matmuls whose gradients need no transposes (alone, forward and backward, about 1.2x faster
-        than batch-major einsums on CPU), and the position scores are one [B*T, K] product per head."""
-        return KeyValues(tf.einsum("bkd,dhn->hbkn", context, self.key_kernel),
-                         tf.einsum("bkd,dhn->hbkn", context, self.value_kernel))
+        than batch-major einsums on CPU), and the position scores are one [B*T, K] product per head. The
+        kernels are cast here: generation calls this outside the layer's call, where Keras autocasts them."""
+        return KeyValues(*(tf.einsum("bkd,dhn->hbkn", context, tf.cast(kernel, self.compute_dtype))
+                           for kernel in (self.key_kernel, self.value_kernel)))
 
     def call(self, x, memory, valid_length, training=None):
         """x [B, T, D]; memory [B, M, D], the M inputs before x, of which the last valid_length

@@ -107,21 +107,26 @@ def test_segments_with_memory_match_the_whole_sequence(architecture, pre_norm):
     assert int(memory.valid_length) == 6
 
 
-@pytest.mark.parametrize("architecture, pre_norm, eval_mode", [
-    (None, False, "mix"), (None, True, "argmax"), ("ADA", True, "mix"), ("DAD", False, "mix"), ("DD", False, "mix")])
-def test_projected_memory_gives_the_outputs_of_the_states_memory(architecture, pre_norm, eval_mode):
+@pytest.mark.parametrize("architecture, pre_norm, eval_mode, dtype", [
+    (None, False, "mix", "float32"), (None, True, "argmax", "float32"), ("ADA", True, "mix", "float32"),
+    ("DAD", False, "mix", "float32"), ("DD", False, "mix", "float32"), (None, False, "mix", "mixed_bfloat16")])
+def test_projected_memory_gives_the_outputs_of_the_states_memory(architecture, pre_norm, eval_mode, dtype):
     # Generation's path: a segment read with states, then one token at a time past mem_len (4), so that the
     # keys and values slide as the states do.
-    model = tiny_model(architecture=architecture, pre_norm=pre_norm, dropout_rate=0.0)
+    model = TransformerXL(ModelConfig(**{**TINY, "architecture": architecture, "pre_norm": pre_norm,
+                                         "dropout_rate": 0.0}), dtype=dtype)
+    model.build((1, 1))
+    tolerance = 1e-5 if dtype == "float32" else 2e-2
     tokens = random_tokens((2, 10))
     _, states = model(tokens[:, :3], model.initial_memory(2), eval_mode=eval_mode)
     projected = model.key_value_memory(states)
     for t in range(3, 10):
         expected, states = model(tokens[:, t:t + 1], states, eval_mode=eval_mode)
         hidden, projected = model(tokens[:, t:t + 1], projected, eval_mode=eval_mode)
-        np.testing.assert_allclose(hidden, expected, atol=1e-5)
+        np.testing.assert_allclose(tf.cast(hidden, tf.float32), tf.cast(expected, tf.float32), atol=tolerance)
         assert int(projected.valid_length) == int(states.valid_length) == min(t + 1, 4)
-    np.testing.assert_allclose(projected.keys, model.key_value_memory(states).keys, atol=1e-5)
+    np.testing.assert_allclose(tf.cast(projected.keys, tf.float32),
+                               tf.cast(model.key_value_memory(states).keys, tf.float32), atol=tolerance)
 
 
 def test_no_gradient_flows_into_or_out_of_the_memory():
