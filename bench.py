@@ -351,7 +351,7 @@ def main(argv):
         sys.exit(f"bench.py: error: {error}")
     report = dict(
         provenance=provenance(precisions, chosen_by), cpu_count=os.cpu_count(),
-        intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
+        intra_op_threads=devices.intra_op_threads(),
         inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads() or "default",
         strategy=run_options.strategy, replicas=strategy.num_replicas_in_sync, batch_chunk=run_options.batch_chunk,
         jit_compile=train_config.jit_compile,

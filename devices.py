@@ -22,6 +22,11 @@ def set_intra_op_threads(threads):
     tf.config.threading.set_intra_op_parallelism_threads(threads)
 
 
+def intra_op_threads():
+    """The threads each op may use, as a benchmark records them: a number, or TensorFlow's default."""
+    return tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)"
+
+
 def accelerated():
     """Whether a GPU or TPU is attached."""
     return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))

@@ -123,7 +123,7 @@ def benchmark(output, prompt_length=16, length=100, repeats=3):
     batch_cost = seconds["compiled_8_samples"] / seconds["compiled_1_sample"]
     report = dict(provenance=bench.provenance(["float32"], "generate.py --benchmark times float32"),
                   cpu_count=os.cpu_count(), cpu_affinity=sorted(os.sched_getaffinity(0)),
-                  intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
+                  intra_op_threads=devices.intra_op_threads(),
                   load_average_1min=os.getloadavg()[0], model=dict(vars(model_config), supernet_eval_mode="mix"),
                   prompt_length=prompt_length, new_tokens=length, sampling=settings, repeats=repeats, results=results,
                   compiled_over_eager_1_sample=speedup, time_of_8_over_1_samples=batch_cost,
