@@ -16,8 +16,8 @@ from model import (AttentionBlock, DenseBlock, Dropout, IdentityBlock, LayerNorm
 TINY = dict(vocab_size=50, cutoffs=(20, 35), **TINY_MODEL)
 
 
-def tiny_model(**overrides):
-    model = TransformerXL(ModelConfig(**{**TINY, **overrides}))
+def tiny_model(dtype=None, **overrides):
+    model = TransformerXL(ModelConfig(**{**TINY, **overrides}), dtype=dtype)
     model.build((1, 1))
     return model
 
@@ -113,9 +113,7 @@ def test_segments_with_memory_match_the_whole_sequence(architecture, pre_norm):
 def test_projected_memory_gives_the_outputs_of_the_states_memory(architecture, pre_norm, eval_mode, dtype):
     # Generation's path: a segment read with states, then one token at a time past mem_len (4), so that the
     # keys and values slide as the states do.
-    model = TransformerXL(ModelConfig(**{**TINY, "architecture": architecture, "pre_norm": pre_norm,
-                                         "dropout_rate": 0.0}), dtype=dtype)
-    model.build((1, 1))
+    model = tiny_model(dtype, architecture=architecture, pre_norm=pre_norm, dropout_rate=0.0)
     tolerance = 1e-5 if dtype == "float32" else 2e-2
     tokens = random_tokens((2, 10))
     _, states = model(tokens[:, :3], model.initial_memory(2), eval_mode=eval_mode)
