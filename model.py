@@ -181,7 +181,7 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
         """[B, K, D] -> KeyValues, [H, B, K, N] each. Heads first: the score and value products are then
         batched matmuls whose gradients need no transposes (alone, forward and backward, about 1.2x faster
         than batch-major einsums on CPU), and the position scores are one [B*T, K] product per head. The
-        kernels are cast here: generation calls this outside the layer's call, where Keras autocasts them."""
+        kernels are cast here: generation calls this outside the layer's call, where Keras does not autocast."""
         return KeyValues(*(tf.einsum("bkd,dhn->hbkn", context, tf.cast(kernel, self.compute_dtype))
                            for kernel in (self.key_kernel, self.value_kernel)))
 
