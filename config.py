@@ -206,7 +206,7 @@ class TrainConfig:
 class RunOptions:
     """How often to log and save, on what devices and in how many chunks; these may change when a run resumes."""
 
-    log_every: int = 100  # Steps between loss/perplexity/tau/lr/tokens-per-second logs and pi records.
+    log_every: int = 100  # Steps between loss/perplexity/lr/tokens-per-second logs (a search adds tau) and pi records.
     checkpoint_every: int = 1000  # Steps between checkpoints (one is also saved at each epoch's end).
     stop_after_steps: int = 0  # Save and stop once this global step is reached (a planned pause); 0 = never.
     eval_batches: int = 0  # Limit validation/test to this many batches (quick runs); 0 = whole split.

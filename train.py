@@ -246,12 +246,13 @@ def log_start(log, trainer, record, shares, batch_size, seq_len):
 
 
 def log_interval(log, writer, trainer, step, seconds):
-    """Loss, perplexity, tau, learning rate and tokens/s since the last log (and the search's figures);
+    """Loss, perplexity, learning rate and tokens/s since the last log (and a search's tau and figures);
     returns the loss."""
     loss, tokens = trainer.take_interval_loss()
-    scalars = dict(loss=loss, perplexity=math.exp(min(loss, 50.0)), tau=float(trainer.tau_of_step(step)),
-                   learning_rate=float(trainer.learning_rate_of_step(step)), tokens_per_second=tokens / max(seconds, 1e-9),
-                   **(trainer.search.scalars() if trainer.search else {}))
+    scalars = dict(loss=loss, perplexity=math.exp(min(loss, 50.0)),
+                   learning_rate=float(trainer.learning_rate_of_step(step)), tokens_per_second=tokens / max(seconds, 1e-9))
+    if trainer.search:  # tau only samples a SuperNet's blocks.
+        scalars.update(tau=float(trainer.tau_of_step(step)), **trainer.search.scalars())
     write_scalars(writer, step, scalars)
     log.info("step %d %s", step, " ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
     return loss

@@ -521,6 +521,16 @@ def test_the_first_step_uses_tau_start_and_the_last_tau_end(tmp_path):
     assert [float(trainer.tau_of_step(k + 1)) for k in range(steps)] == used  # As logged.
 
 
+def test_a_fixed_architecture_logs_no_tau(tmp_path):
+    data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(1, 30).repeat(4), vocab_size=30,
+                                               batch_size=2, seq_len=8)
+    model_config = ModelConfig(vocab_size=30, cutoffs=(), architecture="ADI", **TINY_MODEL)
+    train.train_and_evaluate(model_config, TrainConfig(epochs=1), data_dir, tmp_path / "run", RunOptions(log_every=2))
+    step_lines = re.findall(r"step \d+ loss .*", (tmp_path / "run" / "training_log.log").read_text())
+    assert step_lines and not any("tau" in line for line in step_lines)  # Nothing samples its blocks.
+    assert read_scalars(tmp_path / "run" / "train", "loss") and not read_scalars(tmp_path / "run" / "train", "tau")
+
+
 def test_a_search_logs_its_auto_precision_epoch_time_and_derived_architecture(tmp_path):
     data_dir = data_utils.write_stream_dataset(tmp_path / "data", np.arange(1, 30).repeat(4), vocab_size=30,
                                                batch_size=2, seq_len=8)
