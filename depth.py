@@ -14,7 +14,7 @@ The gap is mean validation score / interleaved's mean at that depth - 1. Its err
 sample standard deviations over seeds, as pareto.py's error bars) to first order:
     gap error = (mean / base) * sqrt((std / mean)^2 + (base std / base)^2),
 and is not given where either side has one seed (no spread measured). Savings are 1 - step time / interleaved's,
-for training and for inference, from the bench.py report that times that depth's networks (--bench, one per depth).
+for training and for inference, each from the bench.py report (--bench) that times that network beside interleaved.
 Prints the table in Markdown; --output draws the gaps against depth, one line per ratio (the goal band, gap <= 1%,
 shaded), and beside them the savings against depth where a bench report is given. Networks that are neither
 interleaved nor a ratio's layout are in the table only.
@@ -78,16 +78,44 @@ def runs_by_depth(directories):
 
 
 def bench_by_depth(paths):
-    """{depth: the bench.py report that times its networks}; a report may time several depths, but two reports
-    may not time one."""
+    """{depth: [the bench.py reports that time its networks]}; a report may time several depths, and a depth may be
+    timed by several reports (networks benched on different days), each of which times its interleaved."""
     reports = {}
     for path in paths:
         for depth in sorted({len(result["architecture"]) for result in read_json(path)["results"]}):
-            if depth in reports:
-                raise ValueError(f"{path} and {reports[depth]} both time {depth}-block networks: give one report "
-                                 "per depth.")
-            reports[depth] = path
+            reports.setdefault(depth, []).append(path)
     return reports
+
+
+def baseline_of(depth, architectures):
+    """Interleaved at this depth, which every gap and saving is measured against; an error where it was not run."""
+    baseline = interleaved(depth)
+    if baseline not in architectures:
+        raise ValueError(f"{depth} blocks: no interleaved run ({baseline or '(AD) repeated'}), which the gaps are "
+                         "measured against.")
+    return baseline
+
+
+def depth_savings(paths, architectures, baseline):
+    """({architecture: (training, inference) step time saved against the baseline, as fractions}, {report: its
+    inference memory}). Each network's savings come from the one report that times it, beside the baseline timed in
+    that same run: speeds compare only within one run."""
+    saved, eval_mem_lens, source = {baseline: (0.0, 0.0)}, {}, {}
+    for path in paths:
+        timed = sorted({result["architecture"] for result in read_json(path)["results"]} & set(architectures)
+                       - {baseline})
+        if not timed:
+            continue
+        costs, eval_mem_lens[path] = step_costs(path, timed + [baseline])
+        for architecture in timed:
+            if architecture in source:
+                raise ValueError(f"{source[architecture]} and {path} both time {architecture}: give one report per "
+                                 "network.")
+            source[architecture] = path
+            saved[architecture] = tuple(1 - cost / base for cost, base in zip(costs[architecture], costs[baseline]))
+    if missing := sorted(set(architectures) - set(saved)):
+        raise ValueError(f"{', '.join(paths)}: no report times {', '.join(missing)}; bench it beside {baseline}.")
+    return saved, eval_mem_lens
 
 
 def gap(mean, std, base_mean, base_std):
@@ -98,20 +126,10 @@ def gap(mean, std, base_mean, base_std):
     return ratio - 1, ratio * math.hypot(std / mean, base_std / base_mean)
 
 
-def savings(costs, architecture, baseline):
-    """(training, inference) step time saved against the baseline, as fractions; (None, None) without costs."""
-    if costs is None:
-        return None, None
-    return tuple(1 - cost / base for cost, base in zip(costs[architecture], costs[baseline]))
-
-
-def depth_rows(depth, groups, ratios, costs=None):
-    """One dict per network of one depth (groups as pareto.stage2_scores gives them; costs as pareto.step_costs, or
+def depth_rows(depth, groups, ratios, saved=None):
+    """One dict per network of one depth (groups as pareto.stage2_scores gives them; saved as depth_savings, or
     None): its seeds and scores, gap to interleaved and savings. Interleaved first, then by ratio, then by string."""
-    baseline = interleaved(depth)
-    if baseline not in groups:
-        raise ValueError(f"{depth} blocks: no interleaved run ({baseline or '(AD) repeated'}), which the gaps are "
-                         "measured against.")
+    baseline = baseline_of(depth, groups)
     base_mean, base_std = mean_and_std(groups[baseline]["valid"])
     rows = []
     for architecture, group in groups.items():
@@ -121,7 +139,7 @@ def depth_rows(depth, groups, ratios, costs=None):
             raise ValueError(f"{architecture} has seed {repeated[0]} more than once: a run given twice?")
         mean, std = mean_and_std(group["valid"])
         change, change_error = (0.0, None) if architecture == baseline else gap(mean, std, base_mean, base_std)
-        train_saving, inference_saving = savings(costs, architecture, baseline)
+        train_saving, inference_saving = saved[architecture] if saved else (None, None)
         rows.append(dict(depth=depth, architecture=architecture, role=role(architecture, ratios),
                          ratios=par_ratios(architecture, ratios), valid=dict(sorted(zip(seeds, group["valid"]))),
                          mean=mean, std=std, gap=change, gap_error=change_error,
@@ -162,9 +180,9 @@ def notes(rows, records, reports, eval_mem_lens):
     lines = []
     depths = list(records)
     for depth in depths:
-        if depth in reports:
-            lines.append(f"{depth} blocks: savings from {reports[depth]} (inference at memory "
-                         f"{eval_mem_lens[depth]}).")
+        if eval_mem_lens.get(depth):
+            used = ", ".join(f"{path} (inference at memory {memory})" for path, memory in eval_mem_lens[depth].items())
+            lines.append(f"{depth} blocks: savings from {used}.")
         else:
             lines.append(f"{depth} blocks: no bench report times these networks, so no savings.")
         changed = [f"{name} {left} -> {right}"
@@ -176,8 +194,8 @@ def notes(rows, records, reports, eval_mem_lens):
             listed = ", ".join(f"{ratio:g}" for ratio in r["ratios"][:-1]) + f" and {r['ratios'][-1]:g}"
             lines.append(f"{r['depth']} blocks: {r['architecture']} is the layout of par_ratio {listed}: one network, "
                          "listed once.")
-    for depth, path in sorted(reports.items()):
-        if depth not in records:
+    for depth, paths in sorted(reports.items()):
+        for path in paths if depth not in records else []:
             lines.append(f"{path} times {depth}-block networks, of which no run is given: not used.")
     return lines
 
@@ -257,10 +275,10 @@ def main(argv):
         rows, eval_mem_lens, score = [], {}, None
         for depth, directories in by_depth.items():
             groups, score = stage2_scores(directories)
-            costs = None
+            saved = None
             if depth in reports:
-                costs, eval_mem_lens[depth] = step_costs(reports[depth], list(groups))
-            rows += depth_rows(depth, groups, ratios, costs)
+                saved, eval_mem_lens[depth] = depth_savings(reports[depth], list(groups), baseline_of(depth, groups))
+            rows += depth_rows(depth, groups, ratios, saved)
     except (ValueError, OSError) as error:
         sys.exit(f"depth.py: error: {error}")
     print(markdown(rows, score))
@@ -271,8 +289,9 @@ def main(argv):
 
 
 def define_flags():
-    flags.DEFINE_multi_string("bench", [], "bench.py JSON report timing one depth's networks (repeat it, or give a "
-                              "comma-separated list, one report per depth); a depth without one has no savings.")
+    flags.DEFINE_multi_string("bench", [], "bench.py JSON report timing networks beside their depth's interleaved "
+                              "(repeat it, or give a comma-separated list; one report per network); a depth without "
+                              "one has no savings.")
     flags.DEFINE_list("ratios", ["4", "5", "6", "8"], "The --par_ratio values whose layouts are named and drawn.")
     flags.DEFINE_string("output", None, "Where to write the chart (PNG); unset: the table only.")
     flags.DEFINE_string("title", "", "The chart's title.")

@@ -47,9 +47,10 @@ def test_the_gap_and_its_error_and_the_savings_against_interleaved_at_hand_compu
     groups = {"ADADAD": dict(valid=[101.0, 99.0, 100.0], seed=[2, 0, 1]),  # Mean 100, sample std 1.
               "ADADDD": dict(valid=[100.0, 102.0, 104.0], seed=[0, 1, 2]),  # Mean 102, sample std 2.
               "ADDDDD": dict(valid=[110.0], seed=[0])}
-    costs, _ = depth.step_costs(bench_report(tmp_path / "bench.json", {"ADADAD": (64.0, 32.0), "ADADDD": (48.0, 8.0),
-                                                                      "ADDDDD": (40.0, 16.0)}), list(groups))
-    interleaved, ratio4, ratio5 = depth.depth_rows(6, groups, RATIOS, costs)
+    report = bench_report(tmp_path / "bench.json", {"ADADAD": (64.0, 32.0), "ADADDD": (48.0, 8.0),
+                                                    "ADDDDD": (40.0, 16.0)})
+    saved, _ = depth.depth_savings([report], list(groups), "ADADAD")
+    interleaved, ratio4, ratio5 = depth.depth_rows(6, groups, RATIOS, saved)
     assert interleaved["valid"] == {0: 99.0, 1: 100.0, 2: 101.0}  # By seed.
     assert (interleaved["gap"], interleaved["gap_error"]) == (0.0, None)
     assert ratio4["gap"] == pytest.approx(0.02)
@@ -82,12 +83,29 @@ def test_runs_are_grouped_by_depth_and_bench_reports_by_the_depth_they_time(tmp_
     assert by_depth == {6: [shallow], 12: [deep]} and list(records) == [6, 12]
     six = bench_report(tmp_path / "six.json", {"ADADAD": (1.0, 1.0)})
     both = bench_report(tmp_path / "both.json", {"ADADADADADAD": (1.0, 1.0), "ADDDADDDDDDD": (1.0, 1.0)})
-    assert depth.bench_by_depth([six, both]) == {6: six, 12: both}
-    with pytest.raises(ValueError, match=f"{six} and {six} both time 6-block networks: give one report per depth"):
-        depth.bench_by_depth([six, six])
+    assert depth.bench_by_depth([six, both, six]) == {6: [six, six], 12: [both]}
     other_data = stage2_run(tmp_path / "c", "ADADADADADAD", 1, 90.0, metadata=dict(METADATA, seq_len=32))
     with pytest.raises(ValueError, match=f"{other_data} and {shallow} differ in data.seq_len"):
         depth.runs_by_depth([shallow, other_data])
+
+
+def test_each_network_saves_against_the_interleaved_timed_in_its_own_report(tmp_path):
+    # Two runs on different days: the machine was twice as fast on the second, which only the ratios within a run
+    # survive. ADADDD: 1 - 48 / 64, 1 - 8 / 32; DDAADD: 1 - 24 / 32, 1 - 12 / 16.
+    first = bench_report(tmp_path / "first.json", {"ADADAD": (64.0, 32.0), "ADADDD": (48.0, 8.0)})
+    second = bench_report(tmp_path / "second.json", {"ADADAD": (32.0, 16.0), "DDAADD": (24.0, 12.0)})
+    saved, eval_mem_lens = depth.depth_savings([first, second], ["ADADAD", "ADADDD", "DDAADD"], "ADADAD")
+    assert saved == {"ADADAD": (0.0, 0.0), "ADADDD": pytest.approx((0.25, 0.75)), "DDAADD": pytest.approx((0.25, 0.25))}
+    assert list(eval_mem_lens) == [first, second]
+    assert depth.depth_savings([first, second], ["ADADAD", "ADADDD"], "ADADAD")[1] == {first: 640}  # Second unused.
+    twice = bench_report(tmp_path / "twice.json", {"ADADAD": (32.0, 16.0), "ADADDD": (20.0, 10.0)})
+    with pytest.raises(ValueError, match=f"{first} and {twice} both time ADADDD: give one report per network"):
+        depth.depth_savings([first, twice], ["ADADAD", "ADADDD"], "ADADAD")
+    with pytest.raises(ValueError, match=f"{first}: no report times DADDDD; bench it beside ADADAD"):
+        depth.depth_savings([first], ["ADADAD", "ADADDD", "DADDDD"], "ADADAD")
+    alone = bench_report(tmp_path / "alone.json", {"DDAADD": (24.0, 12.0)})
+    with pytest.raises(ValueError, match=f"{alone} has no timing of ADADAD"):
+        depth.depth_savings([alone], ["ADADAD", "DDAADD"], "ADADAD")
 
 
 CHART_RATIOS = [3.0, 4.0, 6.0, 8.0]
@@ -100,10 +118,10 @@ def sweep_rows(tmp_path, with_bench=True):
            "ADDDDD": dict(valid=[109.0, 111.0], seed=[0, 1])}
     twelve = {"ADADADADADAD": dict(valid=[90.0, 90.0], seed=[0, 1]),
               "ADADDADDDDDD": dict(valid=[90.0, 91.8], seed=[0, 1]), "ADDDADDDDDDD": dict(valid=[94.5], seed=[0])}
-    costs = {6: {"ADADAD": (100.0, 100.0), "ADADDD": (90.0, 80.0), "ADDDDD": (80.0, 60.0)},
-             12: {"ADADADADADAD": (200.0, 200.0), "ADADDADDDDDD": (150.0, 140.0), "ADDDADDDDDDD": (140.0, 120.0)}}
-    return (depth.depth_rows(6, six, CHART_RATIOS, costs[6] if with_bench else None)
-            + depth.depth_rows(12, twelve, CHART_RATIOS, costs[12] if with_bench else None))
+    saved = {6: {"ADADAD": (0.0, 0.0), "ADADDD": (0.1, 0.2), "ADDDDD": (0.2, 0.4)},
+             12: {"ADADADADADAD": (0.0, 0.0), "ADADDADDDDDD": (0.25, 0.3), "ADDDADDDDDDD": (0.3, 0.4)}}
+    return (depth.depth_rows(6, six, CHART_RATIOS, saved[6] if with_bench else None)
+            + depth.depth_rows(12, twelve, CHART_RATIOS, saved[12] if with_bench else None))
 
 
 def test_the_chart_draws_one_line_per_ratio_through_its_networks_gaps_and_savings(tmp_path):
@@ -163,6 +181,7 @@ def test_the_script_prints_the_table_writes_the_chart_and_refuses_mixed_recipes_
     assert "12 blocks: recipe differs from 6 blocks' in model.pre_norm False -> True, train.max_lr 0.004 -> 0.002." \
         in result.stdout
     assert "6 blocks: ADDDDD is the layout of par_ratio 5, 6 and 8: one network, listed once." in result.stdout
+    assert f"12 blocks: savings from {twelve} (inference at memory 640)." in result.stdout
     with Image.open(tmp_path / "depth.png") as image:
         assert image.format == "PNG" and image.size == (1100, 420)
     as_list = subprocess.run(command[:2] + [f"--bench={six},{twelve}"] + command[4:], capture_output=True, text=True)
