@@ -17,7 +17,7 @@ and is not given where either side has one seed (no spread measured). Savings ar
 for training and for inference, each from the bench.py report (--bench) that times that network beside interleaved.
 Prints the table in Markdown; --output draws the gaps against depth, one line per ratio (the goal band, gap <= 1%,
 shaded), and beside them the savings against depth where a bench report is given. Networks that are neither
-interleaved nor a ratio's layout are in the table only.
+interleaved nor a ratio's layout (a search's) are crosses of their own, named in the table.
 """
 from plot_arch import png_bytes  # First: it keeps TensorFlow's lines off the console and makes matplotlib headless.
 
@@ -205,11 +205,20 @@ def ratio_rows(rows, ratio, key):
     return sorted((r for r in rows if ratio in r["ratios"] and r[key] is not None), key=lambda r: r["depth"])
 
 
+def other_rows(rows, key):
+    """The rows of networks that are neither interleaved nor a ratio's layout (a search's, say), where key is
+    measured: each a point of its own, named in the table."""
+    return [r for r in rows if not r["ratios"] and r["architecture"] != interleaved(r["depth"]) and r[key] is not None]
+
+
+OTHER = dict(color="black", marker="X", linestyle="none")  # How the chart draws other_rows.
+
+
 def chart(rows, ratios, score, title):
     """The figure: each ratio's gap to interleaved against depth (error bars over seeds, the goal band shaded), and
     where any bench report was given, its training (solid, filled) and inference (dashed, hollow) savings against
-    depth beside it. A network that is several ratios' layout is a point of each of their lines: their markers,
-    smaller for each later ratio, nest rather than hide each other."""
+    depth beside it; other networks as black crosses. A network that is several ratios' layout is a point of each
+    of their lines: their markers, smaller for each later ratio, nest rather than hide each other."""
     with_savings = any(r["train_saving"] is not None for r in rows)
     figure, panels = plt.subplots(1, 1 + with_savings, figsize=(5.5 * (1 + with_savings), 4.2), dpi=100, squeeze=False)
     panels = panels[0]
@@ -222,6 +231,10 @@ def chart(rows, ratios, score, title):
             gaps.errorbar([r["depth"] for r in points], [100 * r["gap"] for r in points], capsize=3,
                           yerr=[math.nan if r["gap_error"] is None else 100 * r["gap_error"] for r in points],
                           label=f"par_ratio={ratio:g}", **styles[ratio])
+    if others := other_rows(rows, "gap"):
+        gaps.errorbar([r["depth"] for r in others], [100 * r["gap"] for r in others], capsize=3,
+                      yerr=[math.nan if r["gap_error"] is None else 100 * r["gap_error"] for r in others],
+                      label="other networks (see the table)", **OTHER)
     gaps.axhline(0, color="black", linewidth=0.8, label="interleaved")
     bottom, top = gaps.get_ylim()
     bottom = min(bottom, -1.0)
@@ -238,9 +251,14 @@ def chart(rows, ratios, score, title):
                     hollow = dict(markerfacecolor="white") if name == "inference" else {}
                     saved.plot([r["depth"] for r in points], [100 * r[key] for r in points], linestyle=linestyle,
                                label=f"par_ratio={ratio:g}, {name}", **styles[ratio], **hollow)
+        for key, name in (("train_saving", "training"), ("inference_saving", "inference")):
+            if others := other_rows(rows, key):
+                hollow = dict(markerfacecolor="white") if name == "inference" else {}
+                saved.plot([r["depth"] for r in others], [100 * r[key] for r in others], label=f"other, {name}",
+                           **OTHER, **hollow)
         goal = saved.axhline(100 * GOAL_SAVING, color="tab:green", linestyle=":",
                              label=f"goal: {100 * GOAL_SAVING:g}% less time")
-        saved.set_ylabel("step time saved vs interleaved, %\n(bench.py, one run per depth)")
+        saved.set_ylabel("step time saved vs interleaved, %\n(bench.py, each beside interleaved in one run)")
         # Colours name the ratios in the first panel's legend; this one names the line styles.
         saved.legend(handles=[Line2D([], [], color="gray", marker="o", linestyle="-", label="training step"),
                               Line2D([], [], color="gray", marker="o", markerfacecolor="white", linestyle="--",

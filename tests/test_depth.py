@@ -117,9 +117,11 @@ def sweep_rows(tmp_path, with_bench=True):
     six = {"ADADAD": dict(valid=[99.0, 101.0], seed=[0, 1]), "ADADDD": dict(valid=[102.0, 104.0], seed=[0, 1]),
            "ADDDDD": dict(valid=[109.0, 111.0], seed=[0, 1])}
     twelve = {"ADADADADADAD": dict(valid=[90.0, 90.0], seed=[0, 1]),
-              "ADADDADDDDDD": dict(valid=[90.0, 91.8], seed=[0, 1]), "ADDDADDDDDDD": dict(valid=[94.5], seed=[0])}
+              "ADADDADDDDDD": dict(valid=[90.0, 91.8], seed=[0, 1]), "ADDDADDDDDDD": dict(valid=[94.5], seed=[0]),
+              "AAIIDDDDDDDD": dict(valid=[89.1], seed=[0])}  # No ratio's layout: a cross of its own.
     saved = {6: {"ADADAD": (0.0, 0.0), "ADADDD": (0.1, 0.2), "ADDDDD": (0.2, 0.4)},
-             12: {"ADADADADADAD": (0.0, 0.0), "ADADDADDDDDD": (0.25, 0.3), "ADDDADDDDDDD": (0.3, 0.4)}}
+             12: {"ADADADADADAD": (0.0, 0.0), "ADADDADDDDDD": (0.25, 0.3), "ADDDADDDDDDD": (0.3, 0.4),
+                  "AAIIDDDDDDDD": (0.35, 0.5)}}
     return (depth.depth_rows(6, six, CHART_RATIOS, saved[6] if with_bench else None)
             + depth.depth_rows(12, twelve, CHART_RATIOS, saved[12] if with_bench else None))
 
@@ -128,12 +130,14 @@ def test_the_chart_draws_one_line_per_ratio_through_its_networks_gaps_and_saving
     figure = depth.chart(sweep_rows(tmp_path), CHART_RATIOS, "word_perplexity", "depth")
     gaps, saved = figure.axes
     lines = {container.get_label(): container for container in gaps.containers}
-    assert set(lines) == {"par_ratio=3", "par_ratio=4", "par_ratio=6", "par_ratio=8"}
+    assert set(lines) == {"par_ratio=3", "par_ratio=4", "par_ratio=6", "par_ratio=8",
+                          "other networks (see the table)"}
     points = {label: (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata())) for label, c in lines.items()}
     assert points["par_ratio=4"] == ([6, 12], pytest.approx([3.0, 1.0]))  # 103 / 100 - 1; 90.9 / 90 - 1.
     # One network at each depth for both: 110 / 100 - 1 and 94.5 / 90 - 1.
     assert points["par_ratio=6"] == points["par_ratio=8"] == ([6, 12], pytest.approx([10.0, 5.0]))
     assert points["par_ratio=3"] == ([6], pytest.approx([3.0]))  # Not run at 12 blocks.
+    assert points["other networks (see the table)"] == ([12], pytest.approx([-1.0]))  # 89.1 / 90 - 1.
     # Error bars: at 12 blocks ratio 4 has (90.9 / 90) * hypot(1.2728 / 90.9, 0 / 90); ratio 6 has one seed, no bar.
     (bars,) = lines["par_ratio=4"].lines[2]
     (low, high) = bars.get_segments()[1]
@@ -152,6 +156,10 @@ def test_the_chart_draws_one_line_per_ratio_through_its_networks_gaps_and_saving
     assert savings["par_ratio=8, inference"] == savings["par_ratio=6, inference"]
     assert savings["par_ratio=3, training"] == ([6], pytest.approx([10.0]))
     assert len(savings) == 8
+    crosses = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in saved.lines
+               if line.get_label().startswith("other")}
+    assert crosses == {"other, training": ([12], pytest.approx([35.0])),
+                       "other, inference": ([12], pytest.approx([50.0]))}
     assert figure._suptitle.get_text() == "depth" and "word perplexity" in gaps.get_ylabel()
     assert len(depth.chart(sweep_rows(tmp_path, with_bench=False), CHART_RATIOS, "word_perplexity", "").axes) == 1
 
