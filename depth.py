@@ -211,6 +211,11 @@ def other_rows(rows, key):
     return [r for r in rows if not r["ratios"] and r["architecture"] != interleaved(r["depth"]) and r[key] is not None]
 
 
+def error_bars(rows):
+    """Each row's gap error in %, NaN (no bar) where one side has one seed."""
+    return [math.nan if r["gap_error"] is None else 100 * r["gap_error"] for r in rows]
+
+
 OTHER = dict(color="black", marker="X", linestyle="none")  # How the chart draws other_rows.
 
 
@@ -229,12 +234,10 @@ def chart(rows, ratios, score, title):
     for ratio in ratios:
         if points := ratio_rows(rows, ratio, "gap"):
             gaps.errorbar([r["depth"] for r in points], [100 * r["gap"] for r in points], capsize=3,
-                          yerr=[math.nan if r["gap_error"] is None else 100 * r["gap_error"] for r in points],
-                          label=f"par_ratio={ratio:g}", **styles[ratio])
+                          yerr=error_bars(points), label=f"par_ratio={ratio:g}", **styles[ratio])
     if others := other_rows(rows, "gap"):
         gaps.errorbar([r["depth"] for r in others], [100 * r["gap"] for r in others], capsize=3,
-                      yerr=[math.nan if r["gap_error"] is None else 100 * r["gap_error"] for r in others],
-                      label="other networks (see the table)", **OTHER)
+                      yerr=error_bars(others), label="other networks (see the table)", **OTHER)
     gaps.axhline(0, color="black", linewidth=0.8, label="interleaved")
     bottom, top = gaps.get_ylim()
     bottom = min(bottom, -1.0)
