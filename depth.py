@@ -79,7 +79,7 @@ def runs_by_depth(directories):
 
 def bench_by_depth(paths):
     """{depth: [the bench.py reports that time its networks]}; a report may time several depths, and a depth may be
-    timed by several reports (networks benched on different days), each of which times its interleaved."""
+    timed by several reports (networks benched on different days; depth_savings takes each network from its own)."""
     reports = {}
     for path in paths:
         for depth in sorted({len(result["architecture"]) for result in read_json(path)["results"]}):
@@ -217,6 +217,7 @@ def error_bars(rows):
 
 
 OTHER = dict(color="black", marker="X", linestyle="none")  # How the chart draws other_rows.
+FACES = dict(training={}, inference=dict(markerfacecolor="white"))  # Savings markers: training filled, inference not.
 
 
 def chart(rows, ratios, score, title):
@@ -251,14 +252,12 @@ def chart(rows, ratios, score, title):
         for ratio in ratios:
             for key, linestyle, name in (("train_saving", "-", "training"), ("inference_saving", "--", "inference")):
                 if points := ratio_rows(rows, ratio, key):
-                    hollow = dict(markerfacecolor="white") if name == "inference" else {}
                     saved.plot([r["depth"] for r in points], [100 * r[key] for r in points], linestyle=linestyle,
-                               label=f"par_ratio={ratio:g}, {name}", **styles[ratio], **hollow)
+                               label=f"par_ratio={ratio:g}, {name}", **styles[ratio], **FACES[name])
         for key, name in (("train_saving", "training"), ("inference_saving", "inference")):
             if others := other_rows(rows, key):
-                hollow = dict(markerfacecolor="white") if name == "inference" else {}
                 saved.plot([r["depth"] for r in others], [100 * r[key] for r in others], label=f"other, {name}",
-                           **OTHER, **hollow)
+                           **OTHER, **FACES[name])
         goal = saved.axhline(100 * GOAL_SAVING, color="tab:green", linestyle=":",
                              label=f"goal: {100 * GOAL_SAVING:g}% less time")
         saved.set_ylabel("step time saved vs interleaved, %\n(bench.py, each beside interleaved in one run)")
