@@ -78,12 +78,14 @@ def runs_by_depth(directories):
 
 
 def bench_by_depth(paths):
-    """{depth: [the bench.py reports that time its networks]}; a report may time several depths, and a depth may be
-    timed by several reports (networks benched on different days; depth_savings takes each network from its own)."""
+    """{depth: [(a bench.py report that times its networks, the set of architectures it times)]}; a report may time
+    several depths, and a depth may be timed by several reports (networks benched on different days; depth_savings
+    takes each network from its own)."""
     reports = {}
     for path in paths:
-        for depth in sorted({len(result["architecture"]) for result in read_json(path)["results"]}):
-            reports.setdefault(depth, []).append(path)
+        timed = {result["architecture"] for result in read_json(path)["results"]}
+        for depth in sorted({len(architecture) for architecture in timed}):
+            reports.setdefault(depth, []).append((path, timed))
     return reports
 
 
@@ -96,14 +98,13 @@ def baseline_of(depth, architectures):
     return baseline
 
 
-def depth_savings(paths, architectures, baseline):
+def depth_savings(reports, architectures, baseline):
     """({architecture: (training, inference) step time saved against the baseline, as fractions}, {report: its
     inference memory}). Each network's savings come from the one report that times it, beside the baseline timed in
-    that same run: speeds compare only within one run."""
+    that same run: speeds compare only within one run. reports as bench_by_depth gives them for one depth."""
     saved, eval_mem_lens, source = {baseline: (0.0, 0.0)}, {}, {}
-    for path in paths:
-        timed = sorted({result["architecture"] for result in read_json(path)["results"]} & set(architectures)
-                       - {baseline})
+    for path, timed_there in reports:
+        timed = sorted(timed_there & set(architectures) - {baseline})
         if not timed:
             continue
         costs, eval_mem_lens[path] = step_costs(path, timed + [baseline])
@@ -114,7 +115,8 @@ def depth_savings(paths, architectures, baseline):
             source[architecture] = path
             saved[architecture] = tuple(1 - cost / base for cost, base in zip(costs[architecture], costs[baseline]))
     if missing := sorted(set(architectures) - set(saved)):
-        raise ValueError(f"{', '.join(paths)}: no report times {', '.join(missing)}; bench it beside {baseline}.")
+        named = ", ".join(path for path, _ in reports)
+        raise ValueError(f"{named}: no report times {', '.join(missing)}; bench it beside {baseline}.")
     return saved, eval_mem_lens
 
 
@@ -194,8 +196,8 @@ def notes(rows, records, reports, eval_mem_lens):
             listed = ", ".join(f"{ratio:g}" for ratio in r["ratios"][:-1]) + f" and {r['ratios'][-1]:g}"
             lines.append(f"{r['depth']} blocks: {r['architecture']} is the layout of par_ratio {listed}: one network, "
                          "listed once.")
-    for depth, paths in sorted(reports.items()):
-        for path in paths if depth not in records else []:
+    for depth, timed_reports in sorted(reports.items()):
+        for path, _ in timed_reports if depth not in records else []:
             lines.append(f"{path} times {depth}-block networks, of which no run is given: not used.")
     return lines
 

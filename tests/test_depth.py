@@ -49,7 +49,7 @@ def test_the_gap_and_its_error_and_the_savings_against_interleaved_at_hand_compu
               "ADDDDD": dict(valid=[110.0], seed=[0])}
     report = bench_report(tmp_path / "bench.json", {"ADADAD": (64.0, 32.0), "ADADDD": (48.0, 8.0),
                                                     "ADDDDD": (40.0, 16.0)})
-    saved, _ = depth.depth_savings([report], list(groups), "ADADAD")
+    saved, _ = depth.depth_savings(depth.bench_by_depth([report])[6], list(groups), "ADADAD")
     interleaved, ratio4, ratio5 = depth.depth_rows(6, groups, RATIOS, saved)
     assert interleaved["valid"] == {0: 99.0, 1: 100.0, 2: 101.0}  # By seed.
     assert (interleaved["gap"], interleaved["gap_error"]) == (0.0, None)
@@ -83,10 +83,16 @@ def test_runs_are_grouped_by_depth_and_bench_reports_by_the_depth_they_time(tmp_
     assert by_depth == {6: [shallow], 12: [deep]} and list(records) == [6, 12]
     six = bench_report(tmp_path / "six.json", {"ADADAD": (1.0, 1.0)})
     both = bench_report(tmp_path / "both.json", {"ADADADADADAD": (1.0, 1.0), "ADDDADDDDDDD": (1.0, 1.0)})
-    assert depth.bench_by_depth([six, both, six]) == {6: [six, six], 12: [both]}
+    assert depth.bench_by_depth([six, both, six]) == {6: [(six, {"ADADAD"}), (six, {"ADADAD"})],
+                                                      12: [(both, {"ADADADADADAD", "ADDDADDDDDDD"})]}
     other_data = stage2_run(tmp_path / "c", "ADADADADADAD", 1, 90.0, metadata=dict(METADATA, seq_len=32))
     with pytest.raises(ValueError, match=f"{other_data} and {shallow} differ in data.seq_len"):
         depth.runs_by_depth([shallow, other_data])
+
+
+def six_blocks(*reports):
+    """The reports as depth_savings takes them for 6 blocks (bench_by_depth's list)."""
+    return depth.bench_by_depth(list(reports))[6]
 
 
 def test_each_network_saves_against_the_interleaved_timed_in_its_own_report(tmp_path):
@@ -94,18 +100,19 @@ def test_each_network_saves_against_the_interleaved_timed_in_its_own_report(tmp_
     # survive. ADADDD: 1 - 48 / 64, 1 - 8 / 32; DDAADD: 1 - 24 / 32, 1 - 12 / 16.
     first = bench_report(tmp_path / "first.json", {"ADADAD": (64.0, 32.0), "ADADDD": (48.0, 8.0)})
     second = bench_report(tmp_path / "second.json", {"ADADAD": (32.0, 16.0), "DDAADD": (24.0, 12.0)})
-    saved, eval_mem_lens = depth.depth_savings([first, second], ["ADADAD", "ADADDD", "DDAADD"], "ADADAD")
+    saved, eval_mem_lens = depth.depth_savings(six_blocks(first, second), ["ADADAD", "ADADDD", "DDAADD"], "ADADAD")
     assert saved == {"ADADAD": (0.0, 0.0), "ADADDD": pytest.approx((0.25, 0.75)), "DDAADD": pytest.approx((0.25, 0.25))}
     assert list(eval_mem_lens) == [first, second]
-    assert depth.depth_savings([first, second], ["ADADAD", "ADADDD"], "ADADAD")[1] == {first: 640}  # Second unused.
+    # The second report times none of these networks: unused.
+    assert depth.depth_savings(six_blocks(first, second), ["ADADAD", "ADADDD"], "ADADAD")[1] == {first: 640}
     twice = bench_report(tmp_path / "twice.json", {"ADADAD": (32.0, 16.0), "ADADDD": (20.0, 10.0)})
     with pytest.raises(ValueError, match=f"{first} and {twice} both time ADADDD: give one report per network"):
-        depth.depth_savings([first, twice], ["ADADAD", "ADADDD"], "ADADAD")
+        depth.depth_savings(six_blocks(first, twice), ["ADADAD", "ADADDD"], "ADADAD")
     with pytest.raises(ValueError, match=f"{first}: no report times DADDDD; bench it beside ADADAD"):
-        depth.depth_savings([first], ["ADADAD", "ADADDD", "DADDDD"], "ADADAD")
+        depth.depth_savings(six_blocks(first), ["ADADAD", "ADADDD", "DADDDD"], "ADADAD")
     alone = bench_report(tmp_path / "alone.json", {"DDAADD": (24.0, 12.0)})
     with pytest.raises(ValueError, match=f"{alone} has no timing of ADADAD"):
-        depth.depth_savings([alone], ["ADADAD", "DDAADD"], "ADADAD")
+        depth.depth_savings(six_blocks(alone), ["ADADAD", "DDAADD"], "ADADAD")
 
 
 CHART_RATIOS = [3.0, 4.0, 6.0, 8.0]
