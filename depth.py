@@ -219,7 +219,9 @@ def error_bars(rows):
 
 
 OTHER = dict(color="black", marker="X", linestyle="none")  # How the chart draws other_rows.
-FACES = dict(training={}, inference=dict(markerfacecolor="white"))  # Savings markers: training filled, inference not.
+# The savings panel's steps: (row key, name, line look); training solid and filled, inference dashed and hollow.
+SAVINGS = (("train_saving", "training", dict(linestyle="-")),
+           ("inference_saving", "inference", dict(linestyle="--", markerfacecolor="white")))
 
 
 def chart(rows, ratios, score, title):
@@ -252,21 +254,20 @@ def chart(rows, ratios, score, title):
     if with_savings:
         saved = panels[1]
         for ratio in ratios:
-            for key, linestyle, name in (("train_saving", "-", "training"), ("inference_saving", "--", "inference")):
+            for key, name, look in SAVINGS:
                 if points := ratio_rows(rows, ratio, key):
-                    saved.plot([r["depth"] for r in points], [100 * r[key] for r in points], linestyle=linestyle,
-                               label=f"par_ratio={ratio:g}, {name}", **styles[ratio], **FACES[name])
-        for key, name in (("train_saving", "training"), ("inference_saving", "inference")):
+                    saved.plot([r["depth"] for r in points], [100 * r[key] for r in points],
+                               label=f"par_ratio={ratio:g}, {name}", **styles[ratio], **look)
+        for key, name, look in SAVINGS:
             if others := other_rows(rows, key):
                 saved.plot([r["depth"] for r in others], [100 * r[key] for r in others], label=f"other, {name}",
-                           **OTHER, **FACES[name])
+                           **{**look, **OTHER})
         goal = saved.axhline(100 * GOAL_SAVING, color="tab:green", linestyle=":",
                              label=f"goal: {100 * GOAL_SAVING:g}% less time")
         saved.set_ylabel("step time saved vs interleaved, %\n(bench.py, each beside interleaved in one run)")
         # Colours name the ratios in the first panel's legend; this one names the line styles.
-        saved.legend(handles=[Line2D([], [], color="gray", marker="o", linestyle="-", label="training step"),
-                              Line2D([], [], color="gray", marker="o", markerfacecolor="white", linestyle="--",
-                                     label="inference step"), goal], fontsize=8)
+        saved.legend(handles=[Line2D([], [], color="gray", marker="o", label=f"{name} step", **look)
+                              for _, name, look in SAVINGS] + [goal], fontsize=8)
     for axes in panels:
         axes.set_xticks(depths)
         axes.set_xlabel("blocks")
