@@ -29,8 +29,7 @@ from absl import app, flags
 from matplotlib.lines import Line2D
 
 from config import define_verbose_flag, par_architecture
-from pareto import (differences, first_difference, mean_and_std, recipe, run_directories, stage2_scores, step_costs,
-                    with_spread)
+from pareto import differences, first_difference, mean_and_std, recipe, run_directories, stage2_scores, with_spread
 from reliability import read_json, write_whole
 from runs import Run, read_record
 
@@ -78,15 +77,40 @@ def runs_by_depth(directories):
     return dict(sorted(by_depth.items())), {depth: record for depth, (_, record) in sorted(records.items())}
 
 
+def report_savings(path):
+    """({depth: {architecture: (training, inference) step time saved against that depth's interleaved, as
+    fractions}}, the report's inference memory) for one bench.py report. Speeds compare only within one run, so a
+    report that times a depth's networks without its interleaved is refused."""
+    report = read_json(path)
+    step_ms = {}
+    for result in report["results"]:
+        architecture = result["architecture"]
+        if architecture in step_ms:
+            raise ValueError(f"{path} times {architecture} more than once: bench one --precision.")
+        step_ms[architecture] = (result["train_ms_per_step"], result["eval_ms_per_step"])
+    by_depth = {}
+    for architecture, ms in step_ms.items():
+        by_depth.setdefault(len(architecture), {})[architecture] = ms
+    savings = {}
+    for depth, timed in sorted(by_depth.items()):
+        baseline = interleaved(depth)
+        if baseline not in timed:
+            raise ValueError(f"{path} times {depth}-block networks without interleaved "
+                             f"({baseline or '(AD) repeated'}), which their savings are measured against.")
+        savings[depth] = {architecture: tuple(1 - step / base for step, base in zip(ms, timed[baseline]))
+                          for architecture, ms in timed.items()}
+    return savings, report["eval_mem_len"]
+
+
 def bench_by_depth(paths):
-    """{depth: [(a bench.py report that times its networks, the set of architectures it times)]}; a report may time
-    several depths, and a depth may be timed by several reports (networks benched on different days; depth_savings
-    takes each network from its own)."""
+    """{depth: [(a bench.py report that times its networks, its inference memory, report_savings' savings at that
+    depth)]}; a report may time several depths, and a depth may be timed by several reports (networks benched on
+    different days; depth_savings takes each network from its own)."""
     reports = {}
     for path in paths:
-        timed = {result["architecture"] for result in read_json(path)["results"]}
-        for depth in sorted({len(architecture) for architecture in timed}):
-            reports.setdefault(depth, []).append((path, timed))
+        savings, eval_mem_len = report_savings(path)
+        for depth, saved in savings.items():
+            reports.setdefault(depth, []).append((path, eval_mem_len, saved))
     return reports
 
 
@@ -102,21 +126,20 @@ def baseline_of(depth, architectures):
 def depth_savings(reports, architectures, baseline):
     """({architecture: (training, inference) step time saved against the baseline, as fractions}, {report: its
     inference memory}). Each network's savings come from the one report that times it, beside the baseline timed in
-    that same run: speeds compare only within one run. reports as bench_by_depth gives them for one depth."""
+    that same run. reports as bench_by_depth gives them for one depth."""
     saved, eval_mem_lens, source = {baseline: (0.0, 0.0)}, {}, {}
-    for path, timed_there in reports:
-        timed = sorted(timed_there & set(architectures) - {baseline})
-        if not timed:
-            continue
-        costs, eval_mem_lens[path] = step_costs(path, timed + [baseline])
-        for architecture in timed:
+    for path, eval_mem_len, timed in reports:
+        wanted = sorted(set(timed) & set(architectures) - {baseline})
+        if wanted:
+            eval_mem_lens[path] = eval_mem_len
+        for architecture in wanted:
             if architecture in source:
                 raise ValueError(f"{source[architecture]} and {path} both time {architecture}: give one report per "
                                  "network.")
             source[architecture] = path
-            saved[architecture] = tuple(1 - cost / base for cost, base in zip(costs[architecture], costs[baseline]))
+            saved[architecture] = timed[architecture]
     if missing := sorted(set(architectures) - set(saved)):
-        named = ", ".join(path for path, _ in reports)
+        named = ", ".join(path for path, _, _ in reports)
         raise ValueError(f"{named}: no report times {', '.join(missing)}; bench it beside {baseline}.")
     return saved, eval_mem_lens
 
@@ -198,7 +221,7 @@ def notes(rows, records, reports, eval_mem_lens):
             lines.append(f"{r['depth']} blocks: {r['architecture']} is the layout of par_ratio {listed}: one network, "
                          "listed once.")
     for depth, timed_reports in sorted(reports.items()):
-        for path, _ in timed_reports if depth not in records else []:
+        for path, _, _ in timed_reports if depth not in records else []:
             lines.append(f"{path} times {depth}-block networks, of which no run is given: not used.")
     return lines
 

@@ -14,40 +14,19 @@ import sys
 
 from absl import app
 
-from depth import GOAL_SAVING, RATIOS, interleaved, role
+from depth import GOAL_SAVING, RATIOS, interleaved, report_savings, role
 from pareto import mean_and_std
-from reliability import read_json
-
-
-def report_savings(path):
-    """{depth: {architecture: (training, inference) step time saved against interleaved, as fractions}} for the
-    networks one bench.py report times, interleaved itself left out."""
-    step_ms = {}
-    for result in read_json(path)["results"]:
-        architecture = result["architecture"]
-        if architecture in step_ms:
-            raise ValueError(f"{path} times {architecture} more than once: bench one --precision.")
-        step_ms[architecture] = (result["train_ms_per_step"], result["eval_ms_per_step"])
-    by_depth = {}
-    for architecture, ms in step_ms.items():
-        by_depth.setdefault(len(architecture), {})[architecture] = ms
-    savings = {}
-    for depth, timed in sorted(by_depth.items()):
-        baseline = interleaved(depth)
-        if baseline not in timed:
-            raise ValueError(f"{path} times {depth}-block networks without interleaved "
-                             f"({baseline or '(AD) repeated'}), which their savings are measured against.")
-        savings[depth] = {architecture: tuple(1 - step / base for step, base in zip(ms, timed[baseline]))
-                          for architecture, ms in timed.items() if architecture != baseline}
-    return savings
 
 
 def run_savings(paths):
-    """report_savings over the reports of one bench run, which may time each network only once."""
+    """depth.report_savings over the reports of one bench run, which may time each network only once; interleaved,
+    which each report times, left out."""
     savings, source = {}, {}
     for path in paths:
-        for depth, networks in report_savings(path).items():
+        for depth, networks in report_savings(path)[0].items():
             for architecture, saved in networks.items():
+                if architecture == interleaved(depth):
+                    continue
                 if architecture in source:
                     raise ValueError(f"{source[architecture]} and {path} both time {architecture}: one bench run "
                                      "gives each network once.")

@@ -1,4 +1,5 @@
 """depth.py: roles at each depth, the gap and savings against interleaved, refusals, the chart and the script."""
+import json
 import subprocess
 import sys
 
@@ -82,9 +83,13 @@ def test_runs_are_grouped_by_depth_and_bench_reports_by_the_depth_they_time(tmp_
     by_depth, records = depth.runs_by_depth([deep, shallow])
     assert by_depth == {6: [shallow], 12: [deep]} and list(records) == [6, 12]
     six = bench_report(tmp_path / "six.json", {"ADADAD": (1.0, 1.0)})
-    both = bench_report(tmp_path / "both.json", {"ADADADADADAD": (1.0, 1.0), "ADDDADDDDDDD": (1.0, 1.0)})
-    assert depth.bench_by_depth([six, both, six]) == {6: [(six, {"ADADAD"}), (six, {"ADADAD"})],
-                                                      12: [(both, {"ADADADADADAD", "ADDDADDDDDDD"})]}
+    both = bench_report(tmp_path / "both.json", {"ADADADADADAD": (2.0, 4.0), "ADDDADDDDDDD": (1.0, 1.0),
+                                                 "ADADAD": (4.0, 2.0), "ADDDDD": (3.0, 1.0)})
+    # Each depth against its own interleaved: 1 - 1 / 2, 1 - 1 / 4 at 12 blocks; 1 - 3 / 4, 1 - 1 / 2 at 6.
+    assert depth.bench_by_depth([six, both, six]) == {
+        6: [(six, 640, {"ADADAD": (0.0, 0.0)}), (both, 640, {"ADADAD": (0.0, 0.0), "ADDDDD": (0.25, 0.5)}),
+            (six, 640, {"ADADAD": (0.0, 0.0)})],
+        12: [(both, 640, {"ADADADADADAD": (0.0, 0.0), "ADDDADDDDDDD": (0.5, 0.75)})]}
     other_data = stage2_run(tmp_path / "c", "ADADADADADAD", 1, 90.0, metadata=dict(METADATA, seq_len=32))
     with pytest.raises(ValueError, match=f"{other_data} and {shallow} differ in data.seq_len"):
         depth.runs_by_depth([shallow, other_data])
@@ -110,9 +115,20 @@ def test_each_network_saves_against_the_interleaved_timed_in_its_own_report(tmp_
         depth.depth_savings(six_blocks(first, twice), ["ADADAD", "ADADDD"], "ADADAD")
     with pytest.raises(ValueError, match=f"{first}: no report times DADDDD; bench it beside ADADAD"):
         depth.depth_savings(six_blocks(first), ["ADADAD", "ADADDD", "DADDDD"], "ADADAD")
-    alone = bench_report(tmp_path / "alone.json", {"DDAADD": (24.0, 12.0)})
-    with pytest.raises(ValueError, match=f"{alone} has no timing of ADADAD"):
-        depth.depth_savings(six_blocks(alone), ["ADADAD", "DDAADD"], "ADADAD")
+
+
+def test_a_report_without_its_depths_interleaved_or_timing_a_network_twice_is_refused(tmp_path):
+    alone = bench_report(tmp_path / "alone.json", {"ADADDD": (48.0, 8.0)})
+    with pytest.raises(ValueError, match=f"{alone} times 6-block networks without interleaved \\(ADADAD\\)"):
+        depth.bench_by_depth([alone])
+    odd = bench_report(tmp_path / "odd.json", {"ADDDD": (48.0, 8.0)})
+    with pytest.raises(ValueError, match=r"without interleaved \(\(AD\) repeated\)"):
+        depth.report_savings(odd)
+    twice = tmp_path / "twice.json"  # As bench.py writes it for two --precision values.
+    result = dict(architecture="ADADAD", train_ms_per_step=64.0, eval_ms_per_step=32.0)
+    twice.write_text(json.dumps(dict(eval_mem_len=640, results=[result, result])))
+    with pytest.raises(ValueError, match=f"{twice} times ADADAD more than once: bench one --precision"):
+        depth.report_savings(twice)
 
 
 CHART_RATIOS = [3.0, 4.0, 6.0, 8.0]
