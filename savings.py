@@ -14,6 +14,7 @@ import sys
 
 from absl import app
 
+from config import define_verbose_flag
 from depth import GOAL_SAVING, RATIOS, interleaved, report_savings, role
 from pareto import mean_and_std
 
@@ -83,4 +84,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_verbose_flag()
     app.run(main)

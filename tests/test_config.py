@@ -74,11 +74,12 @@ def test_the_verbose_flag_is_run_options_once_per_flag_values():
     assert flag_values.verbose and not RunOptions.verbose
 
 
-# Scripts without RunOptions' flags (train.py and bench.py take --verbose with them): the two that start without
+# Scripts without RunOptions' flags (train.py and bench.py take --verbose with them): three that start without
 # TensorFlow, and one of the three that import it (each calls the same define_verbose_flag).
 
 
-@pytest.mark.parametrize("script", ["plot_arch.py", "optimal_cuts.py", pytest.param("evaluate.py", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("script", ["plot_arch.py", "optimal_cuts.py", "savings.py",
+                                    pytest.param("evaluate.py", marks=pytest.mark.slow)])
 def test_every_script_takes_verbose(script):
     result = subprocess.run([sys.executable, script, "--verbose", "--help"], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=120)
