@@ -29,8 +29,9 @@ from absl import app, flags
 from matplotlib.lines import Line2D
 
 from config import define_verbose_flag, par_architecture
-from pareto import differences, first_difference, mean_and_std, recipe, run_directories, stage2_scores, with_spread
-from reliability import read_json, write_whole
+from pareto import (differences, first_difference, mean_and_std, recipe, run_directories, stage2_scores, step_costs,
+                    with_spread)
+from reliability import write_whole
 from runs import Run, read_record
 
 GOAL_GAP = 0.01  # The issue's goal: at most 1% worse than interleaved, over seeds.
@@ -81,25 +82,19 @@ def report_savings(path):
     """({depth: {architecture: (training, inference) step time saved against that depth's interleaved, as
     fractions}}, the report's inference memory) for one bench.py report. Speeds compare only within one run, so a
     report that times a depth's networks without its interleaved is refused."""
-    report = read_json(path)
-    step_ms = {}
-    for result in report["results"]:
-        architecture = result["architecture"]
-        if architecture in step_ms:
-            raise ValueError(f"{path} times {architecture} more than once: bench one --precision.")
-        step_ms[architecture] = (result["train_ms_per_step"], result["eval_ms_per_step"])
+    costs, eval_mem_len = step_costs(path)
     by_depth = {}
-    for architecture, ms in step_ms.items():
-        by_depth.setdefault(len(architecture), {})[architecture] = ms
+    for architecture, cost in costs.items():
+        by_depth.setdefault(len(architecture), {})[architecture] = cost
     savings = {}
     for depth, timed in sorted(by_depth.items()):
         baseline = interleaved(depth)
         if baseline not in timed:
             raise ValueError(f"{path} times {depth}-block networks without interleaved "
                              f"({baseline or '(AD) repeated'}), which their savings are measured against.")
-        savings[depth] = {architecture: tuple(1 - step / base for step, base in zip(ms, timed[baseline]))
-                          for architecture, ms in timed.items()}
-    return savings, report["eval_mem_len"]
+        savings[depth] = {architecture: tuple(1 - part / base for part, base in zip(cost, timed[baseline]))
+                          for architecture, cost in timed.items()}
+    return savings, eval_mem_len
 
 
 def bench_by_depth(paths):

@@ -125,17 +125,18 @@ def mean_and_std(values):
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def step_costs(bench_path, architectures):
-    """{architecture: (train µs per token, eval µs per token)} from a bench.py report, and its eval memory."""
+def step_costs(bench_path, architectures=None):
+    """{architecture: (train µs per token, eval µs per token)} from a bench.py report for these architectures (None:
+    every one it times), and its eval memory."""
     report = read_json(bench_path)
     tokens = report["batch_size"] * report["seq_len"]
     timed = {}
     for r in report["results"]:
-        if r["architecture"] in architectures:
+        if architectures is None or r["architecture"] in architectures:
             if r["architecture"] in timed:
                 raise ValueError(f"{bench_path} times {r['architecture']} more than once: bench one --precision.")
             timed[r["architecture"]] = r
-    missing = sorted(set(architectures) - set(timed))
+    missing = sorted(set(architectures or ()) - set(timed))
     if missing:
         raise ValueError(f"{bench_path} has no timing of {', '.join(missing)}: bench them in the same run.")
     costs = {a: (1000 * r["train_ms_per_step"] / tokens, 1000 * r["eval_ms_per_step"] / tokens) for a, r in timed.items()}

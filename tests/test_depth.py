@@ -126,7 +126,7 @@ def test_a_report_without_its_depths_interleaved_or_timing_a_network_twice_is_re
         depth.report_savings(odd)
     twice = tmp_path / "twice.json"  # As bench.py writes it for two --precision values.
     result = dict(architecture="ADADAD", train_ms_per_step=64.0, eval_ms_per_step=32.0)
-    twice.write_text(json.dumps(dict(eval_mem_len=640, results=[result, result])))
+    twice.write_text(json.dumps(dict(batch_size=4, seq_len=8, eval_mem_len=640, results=[result, result])))
     with pytest.raises(ValueError, match=f"{twice} times ADADAD more than once: bench one --precision"):
         depth.report_savings(twice)
 
